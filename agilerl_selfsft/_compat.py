@@ -1,0 +1,49 @@
+"""The one place where agilerl 2.10.0's import-time pitfalls are handled.
+
+Import this module before anything from ``agilerl``; ``agilerl_selfsft/__init__.py`` does so.
+
+Why each switch exists (see the project's notes on agilerl 2.10.0):
+
+1. ``agilerl.HAS_LLM_DEPENDENCIES`` is computed from a list that includes ``vllm``. Without vllm (every
+   CPU machine, and any GPU machine where it is not installed) ``SFT(...)`` raises "LLM dependencies are
+   not installed" although nothing but generation needs vllm. We set it to ``True`` when the real LLM
+   dependencies (transformers, peft) import; vllm stays optional and is only used when ``use_vllm=True``.
+2. With ``liger-kernel`` installed, AgileRL patches RMSNorm/RoPE/SwiGLU with Triton kernels on every model
+   it wraps, and liger monkeypatches ``LlamaRMSNorm`` globally. Without a CUDA driver that crashes with
+   "0 active drivers" (and later clones crash too). So without CUDA we switch AgileRL's liger use off
+   before ``agilerl.algorithms`` is imported; on a GPU machine it stays as AgileRL decided.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+if "agilerl.algorithms" in sys.modules and "agilerl_selfsft" not in sys.modules:  # pragma: no cover
+    # Too late to change what agilerl.algorithms saw at import; say so instead of failing obscurely.
+    import warnings
+
+    warnings.warn(
+        "agilerl.algorithms was imported before agilerl_selfsft; import agilerl_selfsft first so its "
+        "agilerl 2.10.0 fixes (LLM dependency flag, liger on CPU) take effect.",
+        stacklevel=2,
+    )
+
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # DeepSpeed (imported by agilerl) otherwise warns "Setting accelerator to CPU" on every start.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import agilerl  # noqa: E402
+
+if importlib.util.find_spec("transformers") and importlib.util.find_spec("peft"):
+    agilerl.HAS_LLM_DEPENDENCIES = True
+
+if not torch.cuda.is_available():
+    agilerl.HAS_LIGER_KERNEL = False
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None

@@ -1,0 +1,345 @@
+"""SelfSFT: AgileRL's SFT that also samples from itself and can stay near a frozen reference."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from agilerl.algorithms.core.base import LLMAlgorithm
+from agilerl.algorithms.sft import SFT
+from agilerl.utils.llm_utils import gather_if_ds_param
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from agilerl_selfsft.chat import Message, render_prompt, turn_end_token_ids
+from agilerl_selfsft.generation import Generations, hf_generate
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from agilerl.algorithms.core.registry import HyperparameterConfig
+    from peft import LoraConfig
+
+
+class SelfSFT(SFT):
+    """Self-improvement by supervised fine-tuning (expert iteration / rejection-sampling fine-tuning).
+
+    A drop-in :class:`agilerl.algorithms.sft.SFT` — same constructor arguments, same batches, works in
+    ``finetune_llm_sft`` on an ``SFTGym`` — that adds what a self-training loop needs:
+
+    - :meth:`generate` / :meth:`sample`: K completions per prompt, batched across prompts. Sampling settings
+      (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``num_generations``) are plain attributes,
+      read at every call, so AgileRL mutations take effect on the next call. On CPU (or without vLLM) this
+      is Hugging Face ``generate``; with ``use_vllm=True`` it goes through AgileRL's colocated vLLM engine,
+      which receives only the LoRA weights at each sync.
+    - actor and frozen reference LoRA adapters (``use_separate_reference_adapter=True`` by default), and an
+      optional KL(actor ‖ reference) term in :meth:`learn`, weighted by ``kl_coef`` (0 by default).
+    - response-only cross-entropy for single-turn pairs and multi-turn chats: batches that carry a
+      ``loss_mask`` (as :class:`~agilerl_selfsft.env.SelfSFTGym` yields) train on every assistant turn and
+      on nothing else; plain ``SFTGym`` batches are masked by ``prompt_lengths`` as in SFT.
+
+    Assumed: a causal LM with a chat template, right-padded training batches, LoRA training (AgileRL trains
+    adapters only). The reward function is not part of the algorithm: it lives in the environment, so
+    clones and checkpoints hold only plain values.
+
+    Parameters are those of :class:`~agilerl.algorithms.sft.SFT` (same defaults, except
+    ``use_separate_reference_adapter=True``), plus:
+
+    :param tokenizer: tokenizer of the model, used by :meth:`generate`, defaults to None (generation
+        then raises)
+    :type tokenizer: PreTrainedTokenizerBase, optional
+    :param num_generations: K, completions sampled per prompt, defaults to 4
+    :type num_generations: int, optional
+    :param temperature: sampling temperature, defaults to 0.8
+    :type temperature: float, optional
+    :param top_p: nucleus sampling mass, defaults to 1.0
+    :type top_p: float, optional
+    :param top_k: top-k sampling (0 = off), defaults to 0
+    :type top_k: int, optional
+    :param max_new_tokens: longest completion, defaults to 64
+    :type max_new_tokens: int, optional
+    :param generation_batch_size: most rows per ``generate`` call (prompts × K), defaults to 64
+    :type generation_batch_size: int, optional
+    :param kl_coef: weight of the KL(actor ‖ reference) penalty in :meth:`learn`, defaults to 0.0
+    :type kl_coef: float, optional
+    :param use_vllm: generate with AgileRL's colocated vLLM engine (GPU, vllm installed), defaults to False
+    :type use_vllm: bool, optional
+    :param vllm_config: AgileRL ``VLLMConfig`` for that engine, defaults to None (AgileRL's defaults)
+    :type vllm_config: agilerl.utils.llm_utils.VLLMConfig, optional
+    :param max_model_len: longest prompt + completion vLLM accepts, defaults to 1024
+    :type max_model_len: int, optional
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        pad_token: str,
+        model_name: str | None = None,
+        actor_network: Any | None = None,
+        model_config: dict[str, Any] | None = None,
+        hp_config: HyperparameterConfig | None = None,
+        index: int = 0,
+        batch_size: int = 16,
+        lr: float = 5e-5,
+        max_grad_norm: float = 0.1,
+        update_epochs: int = 1,
+        calc_position_embeddings: bool = True,
+        micro_batch_size_per_gpu: int | None = None,
+        mini_batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        lora_config: LoraConfig | None = None,
+        accelerator: Accelerator | None = None,
+        wrap: bool = True,
+        clone: bool = False,
+        seed: int = 42,
+        gradient_checkpointing: bool = True,
+        use_liger_loss: bool = False,
+        chunk_rows: int | None = None,
+        reduce_memory_peak: bool = False,
+        use_separate_reference_adapter: bool = True,
+        quantization_config: Any | None = None,
+        activation_offload: bool = False,
+        lora_target_scope: str | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        num_generations: int = 4,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 64,
+        generation_batch_size: int = 64,
+        kl_coef: float = 0.0,
+        use_vllm: bool = False,
+        vllm_config: Any | None = None,
+        max_model_len: int = 1024,
+    ) -> None:
+        super().__init__(
+            pad_token_id=pad_token_id,
+            pad_token=pad_token,
+            model_name=model_name,
+            actor_network=actor_network,
+            model_config=model_config,
+            hp_config=hp_config,
+            index=index,
+            batch_size=batch_size,
+            lr=lr,
+            max_grad_norm=max_grad_norm,
+            update_epochs=update_epochs,
+            calc_position_embeddings=calc_position_embeddings,
+            micro_batch_size_per_gpu=micro_batch_size_per_gpu,
+            mini_batch_size=mini_batch_size,
+            device=device,
+            lora_config=lora_config,
+            accelerator=accelerator,
+            wrap=wrap,
+            clone=clone,
+            seed=seed,
+            gradient_checkpointing=gradient_checkpointing,
+            use_liger_loss=use_liger_loss,
+            chunk_rows=chunk_rows,
+            reduce_memory_peak=reduce_memory_peak,
+            use_separate_reference_adapter=use_separate_reference_adapter,
+            quantization_config=quantization_config,
+            activation_offload=activation_offload,
+            lora_target_scope=lora_target_scope,
+        )
+        if num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        # The tokenizer is kept private: AgileRL persists every public attribute in attributes.pt and would
+        # pickle it; clone() re-attaches it instead.
+        self._tokenizer = tokenizer
+        self.num_generations = num_generations
+        self.temperature = temperature  # SFT.__init__ set 0; sampling needs ours
+        self.top_p = top_p
+        self.top_k = top_k
+        self.max_new_tokens = max_new_tokens
+        self.generation_batch_size = generation_batch_size
+        self.kl_coef = kl_coef
+        self.max_model_len = max_model_len
+        self.vllm_config = vllm_config
+        self.use_vllm = use_vllm
+        self.metrics.register("kl")
+        if use_vllm:
+            # SFT.__init__ builds the trainer without vLLM; start the colocated engine after it (the
+            # trainer-first order AgileRL uses for quantised models), and sync only LoRA weights to it.
+            self._configure_vllm()
+
+    # ---- attributes AgileRL's vLLM path reads, derived from ours (read-only: never persisted) ----
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The tokenizer used by :meth:`generate`."""
+        return self._tokenizer
+
+    @property
+    def max_output_tokens(self) -> int:
+        """AgileRL's name for :attr:`max_new_tokens`."""
+        return self.max_new_tokens
+
+    @property
+    def min_output_tokens(self) -> None:
+        """No minimum completion length."""
+        return None
+
+    @property
+    def repetition_penalty(self) -> float:
+        """No repetition penalty."""
+        return 1.0
+
+    @property
+    def min_p(self) -> float:
+        """No min-p filtering."""
+        return 0.0
+
+    def clone(self, index: int | None = None, wrap: bool = True) -> SelfSFT:
+        """AgileRL's clone, with the tokenizer re-attached (it is not part of the copied state)."""
+        clone = super().clone(index=index, wrap=wrap)
+        clone._tokenizer = self._tokenizer
+        return clone
+
+    # ---- generation ----
+    def generate(self, prompts: list[str | list[Message]], num_generations: int | None = None) -> list[list[str]]:
+        """Sample ``num_generations`` (default :attr:`num_generations`) completions for each prompt.
+
+        :param prompts: user prompts (strings) or chats (lists of messages) to answer
+        :type prompts: list[str | list[dict]]
+        :param num_generations: K, defaults to None (the attribute)
+        :type num_generations: int, optional
+        :return: ``completions[i][k]``, the k-th completion of prompt i
+        :rtype: list[list[str]]
+        """
+        return self.sample(prompts, num_generations).texts
+
+    def sample(
+        self, prompts: list[str | list[Message]], num_generations: int | None = None, greedy: bool = False
+    ) -> Generations:
+        """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each."""
+        if self._tokenizer is None:
+            raise ValueError("SelfSFT needs a tokenizer to generate: pass tokenizer=... to the constructor")
+        k = 1 if greedy else (num_generations or self.num_generations)
+        chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        texts = [render_prompt(self._tokenizer, chat) for chat in chats]
+        stop_ids = turn_end_token_ids(self._tokenizer)
+        with self.select_adapter("actor"):
+            if self.use_vllm:
+                return self._sample_vllm(texts, k, greedy, stop_ids)
+            self.actor.eval()
+            config = GenerationConfig(
+                do_sample=not greedy and self.temperature > 0,
+                temperature=self.temperature if not greedy and self.temperature > 0 else None,
+                top_p=self.top_p if not greedy else None,
+                top_k=self.top_k or None if not greedy else None,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=stop_ids,
+                pad_token_id=self.pad_token_id,
+            )
+            return hf_generate(
+                self.actor, self._tokenizer, texts, k, config, stop_ids, max_batch_rows=self.generation_batch_size
+            )
+
+    def _sample_vllm(self, texts: list[str], k: int, greedy: bool, stop_ids: list[int]) -> Generations:  # pragma: no cover - GPU + vllm only
+        import time
+
+        start = time.perf_counter()
+        prompts = [
+            {"input_ids": self._tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"], "text": t}
+            for t in texts
+        ]
+        self._prepare_vllm_for_generation()
+        completion_ids, _, _ = self._generate_with_vllm_colocate(
+            prompts, k, temperature=0.0 if greedy else self.temperature
+        )
+        self._prepare_vllm_for_training()
+        out = Generations(texts=[[] for _ in texts], finished=[[] for _ in texts])
+        for i, group in enumerate(completion_ids):  # [k, prompt + completion], completions padded
+            new = group[:, prompts[i]["input_ids"].shape[1] :].tolist()
+            for row in new:
+                stop = next((j for j, t in enumerate(row) if t in stop_ids), None)
+                kept = row[: stop + 1] if stop is not None else [t for t in row if t != self.pad_token_id]
+                out.texts[i].append(self._tokenizer.decode(kept, skip_special_tokens=True).strip())
+                out.finished[i].append(stop is not None)
+                out.num_tokens += len(kept)
+        out.seconds = time.perf_counter() - start
+        return out
+
+    # ---- learning ----
+    def learn(self, experiences: dict[str, Any], training: bool = True) -> dict[str, float]:
+        """Response-only cross-entropy (plus ``kl_coef`` × KL to the reference) on one batch.
+
+        :param experiences: an ``SFTPrompts`` batch: ``input_ids``, ``attention_mask``, ``prompt_lengths``,
+            and optionally ``loss_mask`` (1 on the tokens to learn: every assistant turn)
+        :type experiences: dict
+        :param training: when ``False`` only the loss is computed, defaults to True
+        :type training: bool, optional
+        :return: ``{"loss", "perplexity", "kl"}`` averaged over micro-batches and epochs
+        :rtype: dict[str, float]
+        """
+        input_ids = experiences["input_ids"]
+        attention_mask = experiences["attention_mask"].long()
+        mask = experiences.get("loss_mask")
+        if mask is None:
+            mask = LLMAlgorithm._create_prompt_masks(experiences["prompt_lengths"], max_length=input_ids.shape[1])
+        mask = (mask.cpu() * attention_mask.cpu())[:, 1:]  # position t predicts token t+1
+        labels = torch.where(mask.bool(), input_ids[:, 1:].cpu(), -100)
+
+        n = input_ids.shape[0]
+        micro = min(n, self.micro_batch_size_per_gpu or n)
+        totals = {"loss": 0.0, "perplexity": 0.0, "kl": 0.0}
+        steps = 0
+        for _ in range(self.update_epochs):
+            for start in range(0, n, micro):
+                rows = slice(start, min(start + micro, n))
+                with torch.set_grad_enabled(training):
+                    ce, kl = self._selfsft_loss(
+                        input_ids[rows].to(self.device),
+                        attention_mask[rows].to(self.device),
+                        labels[rows].to(self.device),
+                        training,
+                    )
+                    loss = ce + self.kl_coef * kl if self.kl_coef > 0 else ce
+                if training:
+                    self._raise_if_loss_not_finite_on_any_rank(loss)
+                    self._backward_pass(loss)
+                totals["loss"] += ce.item()
+                totals["perplexity"] += float(torch.exp(ce.detach().clamp(max=100)))
+                totals["kl"] += float(kl)
+                steps += 1
+        result = {key: value / max(steps, 1) for key, value in totals.items()}
+        if training:
+            for key, value in result.items():
+                self.metrics.log(key, value)
+        return result
+
+    def _selfsft_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, training: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy on the labelled tokens, and KL(actor ‖ reference) there when ``kl_coef > 0``.
+
+        Logits are computed only at labelled positions (the lm_head is patched to identity for the
+        transformer pass), so the ``(B, L, V)`` tensor is never built.
+        """
+        self.actor.train(mode=training)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if self.calc_position_embeddings:
+            kwargs["position_ids"] = self._position_ids_from_mask(attention_mask)
+        keep = labels != -100
+        targets = labels[keep]
+        logits = self._logits_at(kwargs, keep)
+        ce = F.cross_entropy(logits, targets) if targets.numel() else logits.sum() * 0.0
+        kl = torch.zeros((), device=logits.device)
+        if self.kl_coef > 0 and targets.numel():
+            with torch.no_grad(), self.select_adapter("reference"):
+                self.actor.train(mode=False)  # no LoRA dropout in the anchor
+                ref_logits = self._logits_at(kwargs, keep)
+                self.actor.train(mode=training)
+            kl = F.kl_div(
+                F.log_softmax(ref_logits, dim=-1), F.log_softmax(logits, dim=-1), log_target=True, reduction="batchmean"
+            )
+        return ce, kl
+
+    def _logits_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+        """fp32 logits ``(N, V)`` for the N positions where ``keep`` (shifted, ``[B, L-1]``) is true."""
+        with self._patch_lm_head_to_identity() as lm_head:
+            hidden = self.actor.forward(**model_kwargs).logits  # [B, L, H]: the lm_head is identity here
+        picked = hidden[:, :-1, :][keep]
+        with gather_if_ds_param(lm_head.weight, lm_head.bias):
+            return F.linear(picked, lm_head.weight, lm_head.bias).float()

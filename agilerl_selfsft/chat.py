@@ -1,0 +1,107 @@
+"""Chat rendering: prompts for generation, and token masks that cover assistant turns only.
+
+A sample is a list of chat messages (``{"role", "content"}``). Rendering uses the tokenizer's own chat
+template; the loss mask is built by rendering the conversation prefix before and after each assistant turn,
+so it is right for any template that renders a prefix of a conversation as a prefix of its text
+(ChatML, Llama-3, Qwen, Mistral…). System, user and tool turns never carry loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+Message = dict[str, Any]
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
+    """The text a model continues to answer ``messages`` (the template's generation prompt included)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def turn_end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an assistant turn: the template's end-of-turn token (e.g. ``<|im_end|>``) and eos."""
+    marker = "SELFSFT_MARK"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    ids: list[int] = []
+    tail = text[text.rfind(marker) + len(marker) :]
+    if tail:
+        first = tokenizer(tail, add_special_tokens=False)["input_ids"][:1]
+        if first and first[0] in tokenizer.all_special_ids:
+            ids.append(first[0])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], max_length: int | None = None
+) -> tuple[list[int], list[int], int]:
+    """Token ids of a whole conversation, a 0/1 mask of the assistant-turn tokens, and the prompt length.
+
+    The prompt length is the number of tokens before the first assistant turn (what AgileRL's SFT masks by).
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    prompt_length: int | None = None
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _encode(tokenizer, tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        through = _encode(tokenizer, tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        if through[: len(before)] != before or len(through) < len(ids):
+            raise ValueError("the chat template does not render conversations prefix-consistently")
+        if prompt_length is None:
+            prompt_length = len(before)
+        mask.extend([0] * (len(before) - len(ids)) + [1] * (len(through) - len(before)))
+        ids = through
+    if prompt_length is None:
+        raise ValueError("the conversation has no assistant turn to learn from")
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return ids, mask, prompt_length
+
+
+def collate(
+    tokenizer: PreTrainedTokenizerBase, conversations: list[list[Message]], max_length: int | None = None
+) -> dict[str, Any]:
+    """A right-padded training batch in AgileRL's ``SFTPrompts`` format, plus ``loss_mask``.
+
+    Keys: ``prompt``, ``response`` (texts, for logging), ``prompt_lengths``, ``input_ids``, ``attention_mask``
+    and ``loss_mask`` (1 on every assistant-turn token, 0 on system/user/tool turns and padding).
+    """
+    rows = [tokenize_conversation(tokenizer, c, max_length) for c in conversations]
+    width = max(len(ids) for ids, _, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, mask, _) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention_mask[r, : len(ids)] = 1
+        loss_mask[r, : len(ids)] = torch.tensor(mask)
+    return {
+        "prompt": [_first_user_text(c) for c in conversations],
+        "response": [_last_assistant_text(c) for c in conversations],
+        "prompt_lengths": [p for _, _, p in rows],
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "loss_mask": loss_mask,
+    }
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    # The rendered template already holds its special tokens (BOS where it emits one): add none.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _first_user_text(messages: list[Message]) -> str:
+    return next((str(m["content"]) for m in messages if m["role"] == "user"), "")
+
+
+def _last_assistant_text(messages: list[Message]) -> str:
+    return next((str(m["content"]) for m in reversed(messages) if m["role"] == "assistant"), "")

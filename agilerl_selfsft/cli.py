@@ -1,0 +1,129 @@
+"""The ``agilerl-selfsft`` command: ``train`` a run from a YAML config, ``eval`` a checkpoint.
+
+Mistakes the user can fix end in one ``error:`` line and exit status 2, with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from agilerl_selfsft import _compat  # noqa: F401  (before agilerl)
+from agilerl_selfsft.config import Config, load_config
+from agilerl_selfsft.errors import SelfSFTError
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "capitals.yaml"
+
+
+def build(config: Config):  # noqa: ANN201 -- (pop, env)
+    """Load the model and data of ``config`` and make the population and the environment."""
+    import torch
+    from peft import LoraConfig
+
+    from agilerl_selfsft.algorithm import SelfSFT
+    from agilerl_selfsft.env import SelfSFTGym
+    from agilerl_selfsft.models import load_model, resolve_model_path
+    from agilerl_selfsft.rewards import resolve_reward
+    from agilerl_selfsft.tasks import load_tasks
+
+    # Everything that can be wrong with the inputs is checked before the model is loaded.
+    train, held_out = load_tasks(config.task.train), load_tasks(config.task.eval)
+    resolve_reward(config.reward)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, tokenizer = load_model(resolve_model_path(config.model))
+    lora = LoraConfig(
+        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
+    )
+    agent = SelfSFT(
+        pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
+        tokenizer=tokenizer, lora_config=lora, lr=config.lr, batch_size=config.batch_size,
+        num_generations=config.num_generations, temperature=config.temperature, top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens, kl_coef=config.kl_coef, seed=config.seed,
+        gradient_checkpointing=torch.cuda.is_available(),  # on CPU it only costs time at these sizes
+    )
+    pop = [agent] + [agent.clone(index=i) for i in range(1, config.population)]
+    s = config.selection
+    env = SelfSFTGym(
+        train, held_out, tokenizer, config.reward, data_batch_size_per_gpu=config.batch_size,
+        selection=s.strategy, threshold=s.threshold, top_k=s.top_k, top_fraction=s.top_fraction,
+        keep_truncated=s.keep_truncated, replay_capacity=s.replay_capacity, replay_ratio=s.replay_ratio,
+        seed=config.seed,
+    )
+    return pop, env
+
+
+def train(config_path: str | Path, output: str | Path | None = None) -> Path:
+    """Run ``agilerl-selfsft train``; returns the run directory."""
+    from agilerl_selfsft.report import plot, table
+    from agilerl_selfsft.training import finetune_llm_selfsft
+
+    config = load_config(config_path)
+    out = Path(output) if output else Path("runs") / Path(config_path).stem
+    pop, env = build(config)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "config.json").write_text(config.model_dump_json(indent=2))
+        _, history = finetune_llm_selfsft(
+            pop, env, init_hp=config.model_dump(), iterations=config.iterations,
+            prompts_per_iteration=config.prompts_per_iteration, sft_epochs=config.sft_epochs,
+            eval_samples=config.eval_samples, eval_greedy=config.eval_greedy, checkpoint_path=out,
+            keep_checkpoints=config.keep_checkpoints, seed=config.seed,
+        )
+    except SelfSFTError:
+        if created and not (out / "checkpoints" / "latest").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a run that finished no iteration leaves nothing behind
+        raise
+    print("\n" + table(history))
+    print(f"\nreward curve: {plot(history, out / 'reward_curve.png')}")
+    print(f"run directory: {out}  (metrics.jsonl, checkpoints/latest)")
+    return out
+
+
+def evaluate_checkpoint(checkpoint: str | Path, config_path: str | Path) -> dict[str, float]:
+    """Run ``agilerl-selfsft eval``: the held-out reward of a checkpoint."""
+    from agilerl_selfsft.evaluation import evaluate
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "actor" / "adapter_model.safetensors").is_file():
+        raise SelfSFTError(f"not a SelfSFT checkpoint (no actor/adapter_model.safetensors): {checkpoint}")
+    config = load_config(config_path)
+    pop, env = build(config.model_copy(update={"population": 1}))
+    agent = pop[0]
+    agent.load_checkpoint(str(checkpoint), load_optimizer=False)
+    agent.use_adapter("actor")
+    return evaluate(agent, env, config.eval_samples, config.eval_greedy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agilerl-selfsft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="self-train a model from a YAML config")
+    p_train.add_argument("--config", required=True, help=f"YAML config (the demo: {DEMO_CONFIG})")
+    p_train.add_argument("--output", help="run directory, defaults to runs/<config name>")
+    p_eval = sub.add_parser("eval", help="held-out reward of a checkpoint")
+    p_eval.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. RUN/checkpoints/latest")
+    p_eval.add_argument("--config", required=True, help="the run's YAML config (model, task, reward)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "deepspeed", "DeepSpeed", "accelerate", "jax"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        if args.command == "train":
+            train(args.config, args.output)
+        else:
+            print(json.dumps(evaluate_checkpoint(args.checkpoint, args.config), indent=2))
+    except SelfSFTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Run configuration: a YAML file validated into plain values, and the objects it builds.
+
+Every key has a default except ``task``. Unknown keys and wrong types are reported in one line that names
+the key (and, for a misspelling, the closest known key).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.models import EMBEDDED_NAME
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskFiles(_Strict):
+    """JSONL files of the train prompts and the held-out prompts."""
+
+    train: str
+    eval: str
+
+
+class LoraSettings(_Strict):
+    """LoRA adapter shape (PEFT ``LoraConfig``)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class SelectionSettings(_Strict):
+    """Which samples are learned from (see :mod:`agilerl_selfsft.selection`)."""
+
+    strategy: Literal["threshold", "top_k", "top_fraction", "random"] = "threshold"
+    threshold: float = 1.0
+    top_k: int = Field(1, ge=1)
+    top_fraction: float = Field(0.25, gt=0, le=1)
+    keep_truncated: bool = False
+    replay_capacity: int = Field(0, ge=0)
+    replay_ratio: float = Field(0.5, ge=0)
+
+
+class Config(_Strict):
+    """A self-training run."""
+
+    model: str = EMBEDDED_NAME
+    task: TaskFiles
+    reward: str | dict[str, Any] | list[str | dict[str, Any]] = "contains"
+    iterations: int = Field(6, ge=0)
+    prompts_per_iteration: int = Field(64, ge=1)
+    num_generations: int = Field(4, ge=1, description="K: completions sampled per prompt")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, ge=1)
+    selection: SelectionSettings = SelectionSettings()
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    sft_epochs: int = Field(2, ge=1)
+    kl_coef: float = Field(0.0, ge=0)
+    lora: LoraSettings = LoraSettings()
+    population: int = Field(1, ge=1)
+    eval_samples: int = Field(4, ge=1)
+    eval_greedy: bool = True
+    keep_checkpoints: int = Field(3, ge=1)
+    seed: int = 42
+    threads: int | None = Field(None, ge=1)
+
+    def resolve_paths(self, base: Path) -> Config:
+        """Task paths relative to the config file's folder become absolute."""
+        fix = lambda p: str(p if Path(p).is_absolute() else (base / p).resolve())  # noqa: E731
+        return self.model_copy(update={"task": TaskFiles(train=fix(self.task.train), eval=fix(self.task.eval))})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; a :class:`SelfSFTError` names the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfSFTError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SelfSFTError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SelfSFTError(f"config {path} must be a mapping of keys to values")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise SelfSFTError(f"config {path}: {_describe(exc)}") from None
+    return config.resolve_paths(path.parent)
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        model: type[BaseModel] = Config
+        for part in loc[:-1]:
+            model = model.model_fields[part].annotation  # type: ignore[assignment]
+        close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(model.model_fields)}"
+        return f"unknown key {key!r}{hint}"
+    if err["type"] == "missing":
+        return f"missing required key {key!r}"
+    return f"key {key!r}: {err['msg']} (got {err.get('input')!r})"

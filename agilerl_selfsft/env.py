@@ -1,0 +1,194 @@
+"""SelfSFTGym: an SFTGym-like environment whose training data is refilled from the policy's own samples."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from agilerl_selfsft.buffer import ReplayBuffer
+from agilerl_selfsft.chat import collate
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.generation import Generations
+from agilerl_selfsft.rewards import WeightedReward, resolve_reward, score
+from agilerl_selfsft.selection import STRATEGIES, Scored, select
+from agilerl_selfsft.tasks import Task
+
+
+class SelfSFTGym:
+    """Train and held-out prompts, a reward, and the buffer of selected samples that training batches come from.
+
+    Batches have AgileRL's ``SFTPrompts`` format (``prompt``, ``response``, ``prompt_lengths``, right-padded
+    ``input_ids`` and ``attention_mask``) plus a ``loss_mask`` over assistant tokens. ``reset()`` shuffles the
+    buffer and returns its first batch; ``step()`` returns the next, starting a new shuffled pass (and
+    counting ``num_epochs``) when the buffer is used up. ``eval_mode()`` switches :attr:`prompts` to the
+    held-out set.
+
+    :param train_tasks: prompts to self-train on
+    :type train_tasks: list[Task]
+    :param eval_tasks: held-out prompts, never trained on
+    :type eval_tasks: list[Task]
+    :param tokenizer: the policy's tokenizer (its chat template renders the samples)
+    :type tokenizer: PreTrainedTokenizerBase
+    :param reward: reward spec — a callable, a built-in name, ``"module:function"``, or a weighted list
+    :type reward: Any
+    :param data_batch_size_per_gpu: samples per training batch, defaults to 8
+    :type data_batch_size_per_gpu: int, optional
+    :param selection: ``threshold``, ``top_k``, ``top_fraction`` or ``random``, defaults to ``threshold``
+    :type selection: str, optional
+    :param threshold: least reward a sample needs to be kept, defaults to 1.0
+    :type threshold: float, optional
+    :param top_k: samples kept per prompt by ``top_k``, defaults to 1
+    :type top_k: int, optional
+    :param top_fraction: share of all samples kept by ``top_fraction``, defaults to 0.25
+    :type top_fraction: float, optional
+    :param keep_truncated: also keep completions cut off at ``max_new_tokens``, defaults to False
+    :type keep_truncated: bool, optional
+    :param replay_capacity: past winners remembered for replay, defaults to 0 (off)
+    :type replay_capacity: int, optional
+    :param replay_ratio: replayed samples added per new sample, defaults to 0.5
+    :type replay_ratio: float, optional
+    :param max_context_length: longest training sequence in tokens (longer ones are cut), defaults to None
+    :type max_context_length: int, optional
+    :param seed: seed of the shuffles and of random selection, defaults to 42
+    :type seed: int, optional
+    """
+
+    def __init__(
+        self,
+        train_tasks: list[Task],
+        eval_tasks: list[Task],
+        tokenizer: PreTrainedTokenizerBase,
+        reward: Any,
+        data_batch_size_per_gpu: int = 8,
+        selection: str = "threshold",
+        threshold: float = 1.0,
+        top_k: int = 1,
+        top_fraction: float = 0.25,
+        keep_truncated: bool = False,
+        replay_capacity: int = 0,
+        replay_ratio: float = 0.5,
+        max_context_length: int | None = None,
+        seed: int = 42,
+    ) -> None:
+        if not train_tasks or not eval_tasks:
+            raise SelfSFTError("SelfSFTGym needs at least one train and one held-out prompt")
+        if selection not in STRATEGIES:
+            raise SelfSFTError(f"unknown selection {selection!r}; choose one of {', '.join(STRATEGIES)}")
+        if data_batch_size_per_gpu < 1:
+            raise SelfSFTError(f"data_batch_size_per_gpu must be >= 1, got {data_batch_size_per_gpu}")
+        self.train_tasks = train_tasks
+        self.eval_tasks = eval_tasks
+        self.tokenizer = tokenizer
+        self.rewards: list[WeightedReward] = resolve_reward(reward)
+        self.data_batch_size_per_gpu = data_batch_size_per_gpu
+        self.selection = selection
+        self.threshold = threshold
+        self.top_k = top_k
+        self.top_fraction = top_fraction
+        self.keep_truncated = keep_truncated
+        self.replay = ReplayBuffer(replay_capacity)
+        self.replay_ratio = replay_ratio
+        self.max_context_length = max_context_length
+        self.rng = np.random.default_rng(seed)
+        self.buffer: list[Scored] = []
+        self.evaluation_mode = False
+        self.num_epochs = 0
+        self._order: list[int] = []
+        self._cursor = 0
+        self._prompt_order: list[int] = []
+
+    # ---- prompts ----
+    @property
+    def prompts(self) -> list[Task]:
+        """The prompt set in use: held-out inside :meth:`eval_mode`, train otherwise."""
+        return self.eval_tasks if self.evaluation_mode else self.train_tasks
+
+    @contextmanager
+    def eval_mode(self) -> Generator[None, None, None]:
+        """Switch :attr:`prompts` to the held-out set for the block."""
+        self.evaluation_mode = True
+        try:
+            yield
+        finally:
+            self.evaluation_mode = False
+
+    def sample_prompts(self, n: int) -> list[Task]:
+        """The next ``n`` train prompts, walking a shuffled order so every prompt comes up once per pass."""
+        out: list[Task] = []
+        while len(out) < min(n, len(self.train_tasks)):
+            if not self._prompt_order:
+                self._prompt_order = list(self.rng.permutation(len(self.train_tasks)))
+            out.append(self.train_tasks[self._prompt_order.pop()])
+        return out
+
+    # ---- scoring and selection ----
+    def score(self, tasks: list[Task], generations: Generations) -> list[Scored]:
+        """Score every completion of ``generations`` (``texts[i]`` answers ``tasks[i]``) with the reward."""
+        flat_tasks = [t for t, texts in zip(tasks, generations.texts, strict=True) for _ in texts]
+        completions = [c for texts in generations.texts for c in texts]
+        finished = [f for flags in generations.finished for f in flags]
+        if not completions:
+            return []
+        names = {name for t in flat_tasks for name in t.columns}
+        columns = {name: [t.columns.get(name) for t in flat_tasks] for name in names}
+        rewards = score(self.rewards, [t.prompt for t in flat_tasks], completions, columns)
+        return [
+            Scored(t.id, [*t.messages, {"role": "assistant", "content": c}], c, r, f)
+            for t, c, r, f in zip(flat_tasks, completions, rewards, finished, strict=True)
+        ]
+
+    def refill(self, samples: list[Scored]) -> dict[str, float]:
+        """Select from scored samples, mix in replayed past winners, and make them the training buffer.
+
+        :return: ``kept`` (new samples selected), ``replayed``, ``buffer`` (their total) and
+            ``prompts_solved`` (distinct prompts with a kept sample)
+        """
+        kept = select(
+            samples,
+            strategy=self.selection,
+            threshold=self.threshold,
+            k=self.top_k,
+            fraction=self.top_fraction,
+            keep_truncated=self.keep_truncated,
+            rng=self.rng,
+        )
+        replayed = self.replay.draw(int(round(self.replay_ratio * len(kept))), exclude=kept, rng=self.rng)
+        self.replay.add(kept)
+        self.buffer = kept + replayed
+        self._order, self._cursor = [], 0
+        return {
+            "kept": float(len(kept)),
+            "replayed": float(len(replayed)),
+            "buffer": float(len(self.buffer)),
+            "prompts_solved": float(len({s.prompt_id for s in kept})),
+        }
+
+    # ---- training batches (SFTGym's interface) ----
+    @property
+    def num_batches(self) -> int:
+        """Batches in one pass over the buffer."""
+        return -(-len(self.buffer) // self.data_batch_size_per_gpu)
+
+    def reset(self, reset_dataloaders: bool = False) -> dict[str, Any]:
+        """Shuffle the buffer and return its first batch."""
+        if not self.buffer:
+            raise SelfSFTError("the training buffer is empty: no sample passed the selection")
+        self._order = list(self.rng.permutation(len(self.buffer)))
+        self._cursor = 0
+        return self.step()
+
+    def step(self, completions: Any = None) -> dict[str, Any]:
+        """The next batch of the buffer (a new shuffled pass when the current one is used up)."""
+        if not self._order:
+            return self.reset()
+        if self._cursor >= len(self._order):
+            self._order = list(self.rng.permutation(len(self.buffer)))
+            self._cursor = 0
+            self.num_epochs += 1
+        rows = self._order[self._cursor : self._cursor + self.data_batch_size_per_gpu]
+        self._cursor += len(rows)
+        return collate(self.tokenizer, [self.buffer[i].messages for i in rows], self.max_context_length)

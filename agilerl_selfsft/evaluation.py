@@ -1,0 +1,43 @@
+"""Held-out evaluation: the policy's expected reward (sampled) and its greedy reward."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from agilerl_selfsft.algorithm import SelfSFT
+    from agilerl_selfsft.env import SelfSFTGym
+
+
+def evaluate(agent: SelfSFT, env: SelfSFTGym, num_samples: int = 4, greedy: bool = True) -> dict[str, float]:
+    """Score the agent on the environment's held-out prompts.
+
+    :param agent: the policy
+    :param env: holds the held-out prompts and the reward
+    :param num_samples: completions sampled per prompt at the agent's training temperature, defaults to 4
+    :param greedy: also score one greedy completion per prompt, defaults to True
+    :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward),
+        ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
+        sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``
+    """
+    with env.eval_mode():
+        tasks = env.prompts
+    sampled = agent.sample([t.messages for t in tasks], num_generations=num_samples)
+    scored = env.score(tasks, sampled)
+    rewards = np.array([s.reward for s in scored])
+    solved = {s.prompt_id for s in scored if s.reward >= env.threshold}
+    result = {
+        "eval_reward": float(rewards.mean()),
+        "eval_reward_greedy": float("nan"),
+        "eval_solved": len(solved) / len(tasks),
+        "eval_tokens": float(sampled.num_tokens),
+        "eval_seconds": sampled.seconds,
+    }
+    if greedy:
+        decoded = agent.sample([t.messages for t in tasks], greedy=True)
+        result["eval_reward_greedy"] = float(np.mean([s.reward for s in env.score(tasks, decoded)]))
+        result["eval_tokens"] += decoded.num_tokens
+        result["eval_seconds"] += decoded.seconds
+    return result

