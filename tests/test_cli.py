@@ -1,0 +1,155 @@
+"""The ``agilerl-selfsft`` command: a real run on a tiny local model, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agilerl_selfsft.cli import main
+from agilerl_selfsft.report import read_metrics
+
+BAD_REWARDS = textwrap.dedent(
+    """
+    def raises(prompts, completions, **kw):
+        raise RuntimeError("checker crashed")
+
+    def short(prompts, completions, **kw):
+        return [1.0] * (len(completions) - 1)
+
+    def nan_at_1(prompts, completions, **kw):
+        return [0.0, float("nan")] + [0.0] * (len(completions) - 2)
+
+    def inf_at_0(prompts, completions, **kw):
+        return [float("inf")] + [0.0] * (len(completions) - 1)
+
+    def strings(prompts, completions, **kw):
+        return ["1"] * len(completions)
+
+    def always_one(prompts, completions, **kw):
+        return [1.0] * len(completions)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_model_factory, tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_model_factory(0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    (tmp_path / "train.jsonl").write_text(
+        "\n".join(json.dumps({"prompt": f"What is the capital of {c}?", "answer": a}) for c, a in
+                  [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima")]) + "\n"
+    )
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "What is the capital of Chile?", "answer": "Santiago"}) + "\n")
+    (tmp_path / "badrewards.py").write_text(BAD_REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_config(workdir: Path, model: Path | str, **overrides) -> Path:
+    config = {
+        "model": str(model), "task": {"train": "train.jsonl", "eval": "eval.jsonl"}, "reward": "contains",
+        "iterations": 1, "prompts_per_iteration": 3, "num_generations": 2, "max_new_tokens": 4,
+        "batch_size": 2, "sft_epochs": 1, "eval_samples": 1, "lora": {"r": 4, "alpha": 8},
+        "selection": {"strategy": "threshold", "threshold": 0.0, "keep_truncated": True},
+    }
+    config.update(overrides)
+    path = workdir / "config.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir, iterations=2, reward="badrewards:always_one")
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    rows = read_metrics(workdir / "run")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert {"iteration", "eval_reward", "eval_reward_greedy", "train_reward", "kept", "wall_seconds"} <= set(row)
+    assert rows[0]["train_reward"] is None and rows[1]["kept"] > 0 and rows[2]["eval_reward"] == 1.0
+    latest = workdir / "run" / "checkpoints" / "latest"
+    assert latest.is_symlink() and os.readlink(latest) == "iteration_0002"
+    assert (latest / "actor" / "adapter_model.safetensors").is_file() and (latest / "attributes.pt").is_file()
+    assert (workdir / "run" / "reward_curve.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(latest), "--config", str(config)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["eval_reward"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"reward": "nope"}, "unknown reward 'nope'; built-ins are: exact_match, contains, first_number, format"),
+        ({"reward": "no_such_module_xyz:fn"}, "module 'no_such_module_xyz' does not import"),
+        ({"reward": "badrewards:missing"}, "badrewards has no function 'missing'"),
+        ({"iterations": "many"}, "key 'iterations': Input should be a valid integer"),
+        ({"lr": -1}, "key 'lr': Input should be greater than 0"),
+        ({"itertions": 3}, "unknown key 'itertions'; did you mean 'iterations'?"),
+        ({"num_generations": 0}, "key 'num_generations': Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_config_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys, overrides, expected):
+    code, line = run_cli(capsys, "train", "--config", str(write_config(workdir, tiny_model_dir, **overrides)), "--output", "run")
+    assert code == 2
+    assert line.startswith("error: ") and expected in line
+    assert not (workdir / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("reward", "expected"),
+    [
+        ("badrewards:raises", "reward function 'badrewards:raises' raised RuntimeError: checker crashed"),
+        ("badrewards:short", "returned 1 values for 2 completions"),
+        ("badrewards:nan_at_1", "returned nan at index 1"),
+        ("badrewards:inf_at_0", "returned inf at index 0"),
+        ("badrewards:strings", "returned a non-number at index 0: '1'"),
+    ],
+)
+def test_broken_reward_is_one_line_and_leaves_no_run(workdir, tiny_model_dir, capsys, reward, expected):
+    config = write_config(workdir, tiny_model_dir, reward=reward, eval_samples=2)
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
+    assert code == 2 and expected in line
+    assert not (workdir / "run").exists()
+
+
+def test_missing_and_empty_task_files_are_named(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir, task={"train": "nowhere.jsonl", "eval": "eval.jsonl"})
+    assert run_cli(capsys, "train", "--config", str(config)) == (2, f"error: task file not found: {workdir / 'nowhere.jsonl'}")
+    (workdir / "empty.jsonl").write_text("\n")
+    config = write_config(workdir, tiny_model_dir, task={"train": "train.jsonl", "eval": "empty.jsonl"})
+    assert run_cli(capsys, "train", "--config", str(config)) == (2, f"error: task file {workdir / 'empty.jsonl'} has no rows")
+    assert not (workdir / "runs").exists()
+
+
+def test_missing_model_path_is_named(workdir, capsys):
+    config = write_config(workdir, workdir / "no-such-model")
+    assert run_cli(capsys, "train", "--config", str(config)) == (2, f"error: model path does not exist: {workdir / 'no-such-model'}")
+
+
+def test_command_line_exit_status_and_no_traceback(workdir, tiny_model_dir):
+    config = write_config(workdir, tiny_model_dir, reward="nope")
+    proc = subprocess.run(
+        [sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", str(config)],
+        capture_output=True, text=True, cwd=workdir, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown reward 'nope'")
