@@ -227,7 +227,7 @@ class SelfSFT(SFT):
                 do_sample=not greedy and self.temperature > 0,
                 temperature=self.temperature if not greedy and self.temperature > 0 else None,
                 top_p=self.top_p if not greedy else None,
-                top_k=self.top_k or None if not greedy else None,
+                top_k=(self.top_k or None) if not greedy else None,
                 max_new_tokens=self.max_new_tokens,
                 eos_token_id=stop_ids,
                 pad_token_id=self.pad_token_id,

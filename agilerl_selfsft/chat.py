@@ -29,9 +29,12 @@ def turn_end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     )
     ids: list[int] = []
     tail = text[text.rfind(marker) + len(marker) :]
+    # Special tokens as the vocabulary marks them: some tokenizers (SmolLM2's) flag <|im_end|> special in
+    # added_tokens_decoder without listing it in all_special_ids.
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     if tail:
         first = tokenizer(tail, add_special_tokens=False)["input_ids"][:1]
-        if first and first[0] in tokenizer.all_special_ids:
+        if first and first[0] in special:
             ids.append(first[0])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
