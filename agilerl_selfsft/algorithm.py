@@ -161,8 +161,13 @@ class SelfSFT(SFT):
         self.metrics.register("kl")
         if use_vllm:
             # SFT.__init__ builds the trainer without vLLM; start the colocated engine after it (the
-            # trainer-first order AgileRL uses for quantised models), and sync only LoRA weights to it.
-            self._configure_vllm()
+            # trainer-first order AgileRL uses for quantised models); only LoRA weights are synced to it.
+            # As in AgileRL, a sleep-mode clone starts no second engine: clone() hands over the parent's.
+            self._vllm_awake = True
+            if clone and vllm_config is not None and vllm_config.sleep_mode:
+                self.llm = None
+            else:
+                self._configure_vllm()
 
     # ---- attributes AgileRL's vLLM path reads, derived from ours (read-only: never persisted) ----
     @property
