@@ -232,7 +232,7 @@ class SelfSFT(SFT):
                 do_sample=not greedy and self.temperature > 0,
                 temperature=self.temperature if not greedy and self.temperature > 0 else None,
                 top_p=self.top_p if not greedy else None,
-                top_k=(self.top_k or None) if not greedy else None,
+                top_k=self.top_k if not greedy else None,  # 0 = off (None would mean transformers' default, 50)
                 max_new_tokens=self.max_new_tokens,
                 eos_token_id=stop_ids,
                 pad_token_id=self.pad_token_id,
@@ -306,7 +306,7 @@ class SelfSFT(SFT):
                     self._backward_pass(loss)
                 totals["loss"] += ce.item()
                 totals["perplexity"] += float(torch.exp(ce.detach().clamp(max=100)))
-                totals["kl"] += float(kl)
+                totals["kl"] += float(kl.detach())
                 steps += 1
         result = {key: value / max(steps, 1) for key, value in totals.items()}
         if training:

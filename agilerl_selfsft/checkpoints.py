@@ -23,6 +23,8 @@ def save_iteration(agent: Any, run_dir: str | Path, iteration: int, keep_last: i
 
     :return: the checkpoint folder
     """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 (the checkpoint just written is kept), got {keep_last}")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"iteration_{iteration:04d}"

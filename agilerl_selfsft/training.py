@@ -150,7 +150,7 @@ def finetune_llm_selfsft(
         record(row)
         # 7. evolve
         if tournament is not None and mutation is not None and iteration % evo_steps == 0 and iteration < iterations:
-            _, pop = tournament.select(pop)
+            _, pop, _ = tournament.select(pop)  # agilerl 2.10: (elite, population, _)
             pop = mutation.mutation(pop)
     if wandb_run is not None:
         wandb_run.finish()

@@ -1,0 +1,99 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and a tiny, locally built Llama wrapped in SelfSFT."""
+
+from __future__ import annotations
+
+import os
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning. With torch's default (spinning) and 2
+# threads on a 2-core machine, any other busy process makes these tiny-model tests ~30x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import agilerl_selfsft  # noqa: F401  (must come before anything from agilerl: it patches agilerl's flags)
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from agilerl_selfsft import SelfSFT
+from agilerl_selfsft.models import load_tokenizer
+
+torch.set_num_threads(2)
+
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (converted once, then cached)."""
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def _tiny_config(tok, **overrides) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **overrides,
+    )
+
+
+def lora_config() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", lora_dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tokenizer):
+    """``make(seed=0, **config)``: a fresh fp32 tiny ``LlamaForCausalLM`` with the tokenizer's vocabulary.
+
+    The same seed always gives the same weights; keyword arguments override ``LlamaConfig`` fields.
+    """
+
+    def make(seed: int = TINY_SEED, **config) -> LlamaForCausalLM:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(_tiny_config(tokenizer, **config)).to(torch.float32)
+        model.eval()
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_agent(tokenizer, tiny_model_factory):
+    """``make(seed=0, model=None, **overrides)``: a SelfSFT agent on a fresh tiny model (or ``model``).
+
+    Keyword arguments override the constructor defaults below.
+    """
+
+    def make(seed: int = TINY_SEED, model=None, **overrides) -> SelfSFT:
+        kwargs = dict(
+            pad_token_id=tokenizer.pad_token_id,
+            pad_token=tokenizer.pad_token,
+            actor_network=model if model is not None else tiny_model_factory(seed),
+            tokenizer=tokenizer,
+            lora_config=lora_config(),
+            batch_size=4,
+            lr=1e-3,
+            max_new_tokens=8,
+            gradient_checkpointing=False,
+            num_generations=2,
+        )
+        kwargs.update(overrides)
+        torch.manual_seed(seed)
+        return SelfSFT(**kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_agent(make_agent):
+    """A fresh SelfSFT agent on the tiny model (function-scoped: tests may train it)."""
+    return make_agent()

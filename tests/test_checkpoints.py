@@ -1,0 +1,69 @@
+"""Versioned checkpoints: iteration folders, the ``latest`` link, pruning, and loading the saved adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from peft import PeftModel
+
+from agilerl_selfsft.chat import collate
+from agilerl_selfsft.checkpoints import MANIFEST, save_iteration
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}],
+]
+
+
+def test_iterations_latest_and_pruning(tiny_agent, tmp_path):
+    paths = [save_iteration(tiny_agent, tmp_path, i, keep_last=2, info={"eval_reward": i / 10}) for i in range(1, 5)]
+    root = tmp_path / "checkpoints"
+    assert paths[-1] == root / "iteration_0004"
+    entries = sorted(os.listdir(root))
+    assert entries == ["iteration_0003", "iteration_0004", "latest"]  # no hidden temporaries left behind
+    latest = root / "latest"
+    assert latest.is_symlink()
+    assert not os.path.isabs(os.readlink(latest))  # relative: the run folder can be moved
+    assert latest.resolve() == (root / "iteration_0004").resolve()
+    for name in ("iteration_0003", "iteration_0004"):
+        folder = root / name
+        assert (folder / "actor" / "adapter_model.safetensors").is_file()
+        assert (folder / "actor" / "adapter_config.json").is_file()
+        assert (folder / "reference").is_dir()
+        assert (folder / "attributes.pt").is_file()
+    manifest = json.loads((latest / MANIFEST).read_text())
+    assert manifest["iteration"] == 4
+    assert manifest["eval_reward"] == 0.4
+    assert "base_model" in manifest
+    assert json.loads((root / "iteration_0003" / MANIFEST).read_text())["iteration"] == 3
+
+
+def test_saving_an_iteration_again_replaces_it(tiny_agent, tmp_path):
+    save_iteration(tiny_agent, tmp_path, 1, info={"eval_reward": 0.1})
+    save_iteration(tiny_agent, tmp_path, 1, info={"eval_reward": 0.2})
+    root = tmp_path / "checkpoints"
+    assert sorted(os.listdir(root)) == ["iteration_0001", "latest"]
+    assert json.loads((root / "latest" / MANIFEST).read_text())["eval_reward"] == 0.2
+
+
+def test_saved_actor_adapter_reproduces_the_agent(tiny_agent, tiny_model_factory, tokenizer, tmp_path):
+    batch = collate(tokenizer, CHATS)
+    for _ in range(3):
+        tiny_agent.learn(batch)  # the adapter is no longer the zero-initialised identity
+    folder = save_iteration(tiny_agent, tmp_path, 1)
+
+    with torch.no_grad(), tiny_agent.select_adapter("actor"):
+        tiny_agent.actor.eval()
+        expected = tiny_agent.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    base = tiny_model_factory()  # same seed: the same base weights the agent was built on
+    with torch.no_grad():
+        base_logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(base_logits, expected, atol=1e-5)  # the trained adapter matters
+
+    loaded = PeftModel.from_pretrained(base, folder / "actor")
+    loaded.eval()
+    with torch.no_grad():
+        got = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

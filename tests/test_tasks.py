@@ -1,0 +1,101 @@
+"""Task files: the shipped capitals task and the errors for malformed JSONL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.tasks import CAPITALS_DIR, Task, load_tasks, task_from_row
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_shipped_capitals_task():
+    train = load_tasks(CAPITALS_DIR / "train.jsonl")
+    evals = load_tasks(CAPITALS_DIR / "eval.jsonl")
+    assert len(train) >= 150
+    assert len(evals) >= 40
+    assert [t.id for t in train] == list(range(len(train)))
+    for t in train + evals:
+        assert isinstance(t.prompt, str) and t.prompt.strip()
+        assert t.messages == [{"role": "user", "content": t.prompt}]
+        answers = t.columns["answer"]
+        assert answers and all(isinstance(a, str) and a for a in (answers if isinstance(answers, list) else [answers]))
+    train_prompts = {t.prompt.strip().casefold() for t in train}
+    eval_prompts = {t.prompt.strip().casefold() for t in evals}
+    assert len(train_prompts) == len(train), "duplicate train prompts"
+    assert len(eval_prompts) == len(evals), "duplicate eval prompts"
+    assert not train_prompts & eval_prompts, "a held-out country is also a train prompt"
+
+
+def test_rows_with_prompt_system_messages_and_columns(tmp_path):
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Capital of Peru?"}]
+    path = write_jsonl(tmp_path / "t.jsonl", [
+        {"prompt": "What is 2+2?", "answer": "4"},
+        "",  # blank lines are skipped and do not take an id
+        {"prompt": "Capital of Chile?", "system": "Answer in one word.", "answer": ["Santiago"], "level": 2},
+        {"messages": chat, "answer": "Lima"},
+    ])
+    tasks = load_tasks(path)
+    assert [t.id for t in tasks] == [0, 1, 2]
+    assert tasks[0] == Task(0, [{"role": "user", "content": "What is 2+2?"}], "What is 2+2?", {"answer": "4"})
+    assert tasks[1].messages == [{"role": "system", "content": "Answer in one word."},
+                                 {"role": "user", "content": "Capital of Chile?"}]
+    assert tasks[1].prompt == "Capital of Chile?"
+    assert tasks[1].columns == {"answer": ["Santiago"], "level": 2}  # system is not a reward column
+    assert tasks[2].messages == chat
+    assert tasks[2].prompt == chat  # reward functions get the chat as the prompt
+    assert tasks[2].columns == {"answer": "Lima"}
+
+
+def test_missing_file_names_the_file(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(SelfSFTError, match="nope.jsonl"):
+        load_tasks(missing)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n  \n")
+    with pytest.raises(SelfSFTError, match=r"empty\.jsonl.*no rows"):
+        load_tasks(path)
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a"}, {"prompt": "b"}, '{"prompt": "c",'])
+    with pytest.raises(SelfSFTError, match=r"bad\.jsonl:3: not valid JSON"):
+        load_tasks(path)
+
+
+def test_row_without_prompt_lists_the_keys_found(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a"}, {"question": "b", "answer": "c"}])
+    with pytest.raises(SelfSFTError) as info:
+        load_tasks(path)
+    message = str(info.value)
+    assert "t.jsonl:2" in message
+    assert "'answer'" in message and "'question'" in message
+
+
+@pytest.mark.parametrize("row", [{"prompt": "   "}, {"messages": []}, [1, 2], "just a string"])
+def test_other_bad_rows(tmp_path, row):
+    path = write_jsonl(tmp_path / "t.jsonl", [row])
+    with pytest.raises(SelfSFTError, match=r"t\.jsonl:1"):
+        load_tasks(path)
+
+
+def test_messages_ending_with_assistant_are_rejected(tmp_path):
+    chat = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    path = write_jsonl(tmp_path / "t.jsonl", [{"messages": chat}])
+    with pytest.raises(SelfSFTError, match=r"t\.jsonl:1.*assistant"):
+        load_tasks(path)
+
+
+def test_messages_need_role_and_content():
+    with pytest.raises(SelfSFTError, match="role"):
+        task_from_row({"messages": [{"role": "user"}]}, 0)

@@ -1,0 +1,154 @@
+"""The self-training loop end to end on the tiny model: metrics, checkpoints, empty selections, evolution."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+from agilerl.algorithms.core.registry import HyperparameterConfig, RLParameter
+from agilerl.hpo.mutation import Mutations
+from agilerl.hpo.tournament import TournamentSelection
+
+from agilerl_selfsft import SelfSFTGym, Task, evaluate, finetune_llm_selfsft
+
+ROW_KEYS = {"iteration", "eval_reward", "eval_reward_greedy", "train_reward", "kept", "wall_seconds"}
+
+
+def even_length(prompts, completions, **kwargs):
+    """1.0 for completions of even length: the random tiny model hits it about half the time."""
+    return [float(len(c) % 2 == 0) for c in completions]
+
+
+def never(prompts, completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def tasks(words, start=0):
+    return [Task(i, [{"role": "user", "content": f"Say {w}."}], f"Say {w}.", {"answer": w})
+            for i, w in enumerate(words, start=start)]
+
+
+def make_env(tokenizer, reward):
+    # the tiny random model never ends a turn on its own: keep its truncated samples
+    return SelfSFTGym(tasks(["one", "two", "three", "four", "five"]), tasks(["six", "seven"]), tokenizer, reward,
+                      data_batch_size_per_gpu=4, keep_truncated=True)
+
+
+def read_metrics(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_two_iterations_write_metrics_and_checkpoints(tiny_agent, tokenizer, tmp_path):
+    env = make_env(tokenizer, even_length)
+    pop, history = finetune_llm_selfsft(
+        [tiny_agent], env, iterations=2, prompts_per_iteration=4, sft_epochs=1, eval_samples=2,
+        checkpoint_path=tmp_path, verbose=False,
+    )
+    assert pop == [tiny_agent]
+    rows = read_metrics(tmp_path)
+    assert rows == json.loads(json.dumps(history))  # what is returned is what is written
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert 0.0 <= r["eval_reward"] <= 1.0
+        assert r["eval_reward_greedy"] in (0.0, 0.5, 1.0)  # 2 held-out prompts, one greedy sample each
+        assert r["wall_seconds"] >= 0
+    assert rows[0]["train_reward"] is None and rows[0]["kept"] == 0
+    assert [r["wall_seconds"] for r in rows] == sorted(r["wall_seconds"] for r in rows)
+    for r in rows[1:]:
+        assert 0.0 <= r["train_reward"] <= 1.0
+        # 4 prompts x K=2 samples, minus duplicates; the threshold keeps the even-length ones
+        assert r["kept"] <= 8
+        if r["kept"]:
+            assert r["loss"] is not None and math.isfinite(r["loss"]) and r["learn_steps"] >= 1
+        else:
+            assert r["loss"] is None
+        assert r["gen_tokens"] > 0
+    # a fitness per evaluation: the base policy and each iteration
+    assert len(tiny_agent.fitness) == 3
+    latest = tmp_path / "checkpoints" / "latest"
+    assert latest.is_symlink()
+    assert (latest / "actor" / "adapter_model.safetensors").is_file()
+    assert json.loads((latest / "selfsft.json").read_text())["iteration"] == 2
+
+
+def test_nothing_selected_skips_training(tiny_agent, tokenizer, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="agilerl_selfsft")
+    env = make_env(tokenizer, never)
+    pop, history = finetune_llm_selfsft(
+        [tiny_agent], env, iterations=2, prompts_per_iteration=4, sft_epochs=1, eval_samples=2,
+        checkpoint_path=tmp_path, verbose=True,
+    )
+    rows = read_metrics(tmp_path)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["kept"] == 0 and r["buffer"] == 0
+        assert r["loss"] is None and r["kl"] is None and r["learn_steps"] == 0
+        assert r["train_reward"] == 0.0 and r["eval_reward"] == 0.0
+    skipped = [m for m in caplog.messages if "skipping training" in m]
+    assert len(skipped) == 2  # one per iteration
+    assert json.loads((tmp_path / "checkpoints" / "latest" / "selfsft.json").read_text())["iteration"] == 2
+
+
+def test_without_a_run_dir_nothing_is_written(tiny_agent, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = make_env(tokenizer, even_length)
+    _, history = finetune_llm_selfsft([tiny_agent], env, iterations=1, prompts_per_iteration=2, sft_epochs=1,
+                                      eval_samples=1, eval_greedy=False, verbose=False)
+    assert [r["iteration"] for r in history] == [0, 1]
+    assert history[1]["eval_reward_greedy"] is None  # NaN is recorded as None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_population_of_two_evolves(make_agent, tokenizer, tmp_path):
+    """Two agents, AgileRL tournament selection and rl_hp (lr) mutations between the two iterations."""
+    hp_config = HyperparameterConfig(lr=RLParameter(min=1e-4, max=1e-2))
+    first = make_agent(hp_config=hp_config)
+    pop = [first, first.clone(index=1)]
+    first_indices = {0, 1}  # (AgileRL's tournament empties the slots of the list it is given)
+    env = make_env(tokenizer, even_length)
+    tournament = TournamentSelection(tournament_size=2, elitism=True, population_size=2)
+    mutation = Mutations(no_mutation=0.5, architecture=0, new_layer_prob=0, parameters=0, activation=0, rl_hp=0.5,
+                         rand_seed=1)
+    new_pop, history = finetune_llm_selfsft(
+        pop, env, iterations=2, prompts_per_iteration=4, sft_epochs=1, eval_samples=2,
+        tournament=tournament, mutation=mutation, checkpoint_path=tmp_path, verbose=False,
+    )
+    assert len(new_pop) == 2
+    assert all(agent.tokenizer is tokenizer for agent in new_pop)
+    for agent in new_pop:
+        assert agent.fitness and all(math.isfinite(f) for f in agent.fitness)
+        # an lr mutation (if any) reached the optimizer; the tournament gave new members new indices
+        assert agent.optimizer.optimizer.param_groups[0]["lr"] == pytest.approx(agent.lr)
+        assert 1e-4 <= agent.lr <= 1e-2
+    assert len({agent.index for agent in new_pop}) == 2
+    assert [r["iteration"] for r in history] == [0, 1, 2]
+    for row in history[1:]:
+        assert len(row["population"]) == 2
+        expected = first_indices if row["iteration"] == 1 else {a.index for a in new_pop}
+        assert {m["agent"] for m in row["population"]} == expected
+        assert row["eval_reward"] == max(m["eval_reward"] for m in row["population"])
+
+
+def test_evaluate_scores_held_out_prompts_only(tiny_agent, tokenizer):
+    seen = []
+
+    def one_word_answer(prompts, completions, answer, **kwargs):
+        seen.append(list(prompts))
+        return [1.0 if i % 2 == 0 else 0.0 for i in range(len(completions))]
+
+    env = make_env(tokenizer, one_word_answer)
+    result = evaluate(tiny_agent, env, num_samples=3, greedy=True)
+    held_out = [t.prompt for t in env.eval_tasks]
+    # sampled: 3 per held-out prompt, then one greedy each; never a train prompt
+    assert seen == [[p for p in held_out for _ in range(3)], held_out]
+    assert result["eval_reward"] == pytest.approx(3 / 6)  # rewards 1,0,1,0,1,0
+    assert result["eval_reward_greedy"] == pytest.approx(0.5)  # 1,0
+    assert result["eval_solved"] == 1.0  # both prompts have a sample at the threshold
+    assert result["eval_tokens"] > 0 and result["eval_seconds"] > 0
+    assert not env.evaluation_mode
+    no_greedy = evaluate(tiny_agent, env, num_samples=1, greedy=False)
+    assert math.isnan(no_greedy["eval_reward_greedy"])
