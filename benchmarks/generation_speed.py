@@ -31,6 +31,12 @@ Writes ``generation_speed.json`` and ``generation_speed.md`` to ``--output-dir``
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script (``python benchmarks/generation_speed.py``): put benchmarks/ on the path for ``machine``.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 # agilerl_selfsft must be imported before anything from agilerl: it fixes agilerl 2.10.0's LLM-dependency flag
 # and switches liger off on machines without CUDA.
 import agilerl_selfsft  # noqa: I001  (import order matters)
@@ -40,23 +46,18 @@ from agilerl_selfsft.tasks import CAPITALS_DIR
 
 import argparse
 import copy
-import importlib.metadata
 import json
-import os
-import platform
-import resource
-import shlex
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
 from agilerl.algorithms.grpo import GRPO
 from agilerl.llm_envs.base import apply_chat_template
 from peft import LoraConfig
+
+from machine import command_line, environment_markdown, machine_info, machine_load, nproc, peak_rss_mib
 
 MODEL = "smollm2-135m-instruct"
 EVAL_FILE = CAPITALS_DIR / "eval.jsonl"
@@ -87,12 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"tiny fast run: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (explicit flags still win)",
     )
-    parser.add_argument(
-        "--library-stop-ids",
-        action="store_true",
-        help="use turn_end_token_ids() exactly as the library computes it, even when it misses the chat's "
-        "end-of-turn token (by default the end-of-turn token is registered as special so it is found)",
-    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():
@@ -102,55 +97,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
     return args
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# stop tokens
-
-
-def chat_turn_end_token(tokenizer: Any) -> str | None:
-    """The token the chat template puts right after an assistant reply (``<|im_end|>`` for ChatML), if special."""
-    marker = "BENCH_MARK"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
-    )
-    tail = text[text.rfind(marker) + len(marker) :]
-    ids = tokenizer(tail, add_special_tokens=False)["input_ids"][:1] if tail else []
-    if not ids:
-        return None
-    added = getattr(tokenizer, "added_tokens_decoder", {})
-    token = added.get(ids[0])
-    return str(token.content) if token is not None and getattr(token, "special", False) else None
-
-
-def resolve_stop_ids(tokenizer: Any, library_only: bool) -> tuple[list[int], list[str]]:
-    """The stop ids both methods use, and notes on how they were found."""
-    notes: list[str] = []
-    library_ids = turn_end_token_ids(tokenizer)
-    turn_end = chat_turn_end_token(tokenizer)
-    turn_end_id = tokenizer.convert_tokens_to_ids(turn_end) if turn_end else None
-    if turn_end_id is not None and turn_end_id not in library_ids:
-        note = (
-            f"agilerl_selfsft.chat.turn_end_token_ids() returned {library_ids} "
-            f"({tokenizer.convert_ids_to_tokens(library_ids)}): the chat's end-of-turn token {turn_end!r} "
-            f"(id {turn_end_id}) is missing because it is not in tokenizer.all_special_ids"
-        )
-        if library_only:
-            notes.append(note + "; --library-stop-ids: both methods stop on the library's ids as they are.")
-        else:
-            # Registering an existing token as an additional special token adds nothing to the vocabulary; it only
-            # makes all_special_ids (and so turn_end_token_ids) see it.
-            added = tokenizer.add_special_tokens({"additional_special_tokens": [turn_end]})
-            if added:
-                raise RuntimeError(f"registering {turn_end!r} as special changed the vocabulary")
-            notes.append(
-                note + f"; this benchmark registered {turn_end!r} as an additional special token of its tokenizer "
-                "so both methods stop at the end of the turn (--library-stop-ids to measure without that)."
-            )
-            library_ids = turn_end_token_ids(tokenizer)
-            if turn_end_id not in library_ids:
-                raise RuntimeError(f"turn_end_token_ids still misses {turn_end!r}: {library_ids}")
-    return library_ids, notes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,9 +151,7 @@ def run_ours(agent: SelfSFT, chats: list[list[dict[str, Any]]], k: int, seed: in
     }
 
 
-def run_grpo(
-    agent: GRPO, prompt_dicts: list[dict[str, Any]], stop_ids: list[int], seed: int
-) -> dict[str, Any]:
+def run_grpo(agent: GRPO, prompt_dicts: list[dict[str, Any]], stop_ids: list[int], seed: int) -> dict[str, Any]:
     obs = [dict(d) for d in prompt_dicts]  # get_action may mutate the dicts it is given
     torch.manual_seed(seed)
     cpu, start = time.process_time(), time.perf_counter()
@@ -256,67 +200,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# machine and output
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_load() -> dict[str, Any]:
-    """Load average and CPU pressure (PSI) now: other processes competing for the CPUs make timings noisy."""
-    load: dict[str, Any] = {"loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    try:
-        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()[1:]
-        load["cpu_pressure_some"] = {k: float(v) for k, v in (f.split("=") for f in some) if k != "total"}
-    except (OSError, IndexError, ValueError):
-        load["cpu_pressure_some"] = None
-    return load
-
-
-def version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": version("transformers"),
-        "peft": version("peft"),
-        "agilerl": version("agilerl"),
-        "agilerl_selfsft": agilerl_selfsft.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "requested_threads": threads,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def command_line() -> str:
-    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
-    return shlex.join(argv)
-
-
-def fmt_load(load: dict[str, Any]) -> str:
-    avg = load.get("loadavg_1_5_15")
-    return ", ".join(f"{x:.2f}" for x in avg) if avg else "unknown"
+# output
 
 
 def markdown(result: dict[str, Any]) -> str:
-    s, m, o, g = result["settings"], result["machine"], result["methods"]["ours"], result["methods"]["grpo"]
+    s, o, g = result["settings"], result["methods"]["ours"], result["methods"]["grpo"]
     lines = [
         "# Generation speed: SelfSFT.sample vs AgileRL GRPO (HF path)",
         "",
@@ -358,27 +246,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"- {n}" for n in result["notes"]] or ["- none"]
-    lines += [
-        "",
-        "## Machine",
-        "",
-        f"- platform: {m['platform']} (Python {m['python']})",
-        f"- CPU: {m['cpu_model']}; nproc {m['nproc']} (os.cpu_count {m['cpu_count']})",
-        f"- torch {m['torch']}, threads {m['torch_threads']}; transformers {m['transformers']}, peft {m['peft']}, "
-        f"agilerl {m['agilerl']}, agilerl_selfsft {m['agilerl_selfsft']}",
-        f"- CUDA: {m['cuda'] or 'none'}",
-        f"- load average (1, 5, 15 min) before / after the runs: {fmt_load(result['machine_load']['before'])} / "
-        f"{fmt_load(result['machine_load']['after'])}",
-        f"- date: {result['date']}",
-        "",
-        "## Command",
-        "",
-        "```",
-        result["command"],
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *environment_markdown(result)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,9 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     log(f"loading {MODEL} (fp32), {args.threads} thread(s)")
     model, tokenizer = load_model(MODEL, dtype=torch.float32)
-    stop_ids, notes = resolve_stop_ids(tokenizer, args.library_stop_ids)
-    for note in notes:
-        log("note: " + note)
+    stop_ids = turn_end_token_ids(tokenizer)
+    notes: list[str] = []
 
     # Same prompt tokens for both paths.
     prompt_dicts = grpo_prompt_dicts(tokenizer, chats)
@@ -413,34 +280,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompt_tokens = sum(int(d["input_ids"].shape[1]) for d in prompt_dicts)
 
     log("building SelfSFT and GRPO on separate copies of the same weights")
+    shared = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "pad_token": tokenizer.pad_token,
+        "temperature": TEMPERATURE,
+        "top_p": 1.0,
+        "top_k": 0,
+        "use_vllm": False,
+        "device": device,
+        "seed": args.seed,
+    }  # a fresh copy of the weights and a fresh LoraConfig for each agent
     ours = SelfSFT(
-        pad_token_id=tokenizer.pad_token_id,
-        pad_token=tokenizer.pad_token,
-        actor_network=copy.deepcopy(model),
-        lora_config=lora_config(),
-        tokenizer=tokenizer,
-        num_generations=args.k,
-        temperature=TEMPERATURE,
-        top_p=1.0,
-        top_k=0,
-        max_new_tokens=args.max_new_tokens,
-        use_vllm=False,
-        device=device,
-        seed=args.seed,
+        actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
+        num_generations=args.k, max_new_tokens=args.max_new_tokens, **shared,
     )
     grpo = GRPO(
-        pad_token_id=tokenizer.pad_token_id,
-        pad_token=tokenizer.pad_token,
-        actor_network=copy.deepcopy(model),
-        lora_config=lora_config(),
-        group_size=args.k,
-        temperature=TEMPERATURE,
-        top_p=1.0,
-        top_k=0,
-        max_output_tokens=args.max_new_tokens,
-        use_vllm=False,
-        device=device,
-        seed=args.seed,
+        actor_network=copy.deepcopy(model), lora_config=lora_config(), group_size=args.k,
+        max_output_tokens=args.max_new_tokens, **shared,
     )
     del model
     # GRPO's generation config (built in _setup_generation) sets no eos: generate would fall back to the model's
@@ -454,33 +310,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     load_before = machine_load()
     log(f"machine load before the runs: {json.dumps(load_before)}")
+    timed = {
+        "ours": lambda: run_ours(ours, chats, args.k, args.seed),
+        "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids, args.seed),
+    }
     log("warm-up")
-    run_ours(ours, chats, args.k, args.seed)
-    run_grpo(grpo, prompt_dicts, stop_ids, args.seed)
+    for run in timed.values():
+        run()
 
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "grpo": []}
     for rep in range(args.repeats):
-        for name in ("ours", "grpo"):
-            if name == "ours":
-                r = run_ours(ours, chats, args.k, args.seed)
-            else:
-                r = run_grpo(grpo, prompt_dicts, stop_ids, args.seed)
+        for name, run in timed.items():
+            r = run()
             r["order"] = len(runs["ours"]) + len(runs["grpo"])
             runs[name].append(r)
             log(f"repeat {rep + 1}/{args.repeats} {name:4s}: {r['tokens']} tokens in {r['seconds']:.2f} s "
                 f"= {r['tokens'] / r['seconds']:.1f} tokens/s ({r['finished_rows']}/{r['rows']} rows stopped)")
 
     load_after = machine_load()
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = nproc()
     busiest = max((x["loadavg_1_5_15"] or [0])[0] for x in (load_before, load_after))
-    if busiest > nproc:
+    if busiest > cpus:
         notes.append(
-            f"The machine was busy: 1-minute load average up to {busiest:.1f} on {nproc} CPU(s) (see machine_load in "
+            f"The machine was busy: 1-minute load average up to {busiest:.1f} on {cpus} CPU(s) (see machine_load in "
             "the JSON), so other processes competed for the cores and wall times are noisy (a descheduled thread "
             "stalls every multi-threaded op, which costs most where there are the most forward passes); both "
             "methods ran interleaved, but rerun on an idle machine (or with --threads 1) to confirm."
         )
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak_rss = peak_rss_mib()
     methods = {"ours": summarise(runs["ours"]), "grpo": summarise(runs["grpo"])}
     methods["ours"]["name"], methods["grpo"]["name"] = OURS, GRPO_NAME
     g = methods["grpo"]
@@ -537,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "speedup_tokens_per_s": methods["ours"]["median_tokens_per_s"] / g["median_tokens_per_s"],
         "wall_time_ratio": g["median_seconds"] / methods["ours"]["median_seconds"],
         "speedup_tokens_per_cpu_s": methods["ours"]["median_tokens_per_cpu_s"] / g["median_tokens_per_cpu_s"],
-        "peak_rss_mib": peak_rss_mib,
+        "peak_rss_mib": peak_rss,
         "notes": notes,
     }
 
@@ -547,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "generation_speed.md").write_text(markdown(result))
     log(
         f"ours {methods['ours']['median_tokens_per_s']:.1f} tokens/s, GRPO {g['median_tokens_per_s']:.1f} tokens/s, "
-        f"speed-up {result['speedup_tokens_per_s']:.2f}x; peak RSS {peak_rss_mib:.0f} MiB"
+        f"speed-up {result['speedup_tokens_per_s']:.2f}x; peak RSS {peak_rss:.0f} MiB"
     )
     log(f"wrote {out / 'generation_speed.json'} and {out / 'generation_speed.md'}")
     return result

@@ -1,0 +1,115 @@
+"""Machine and environment facts a benchmark records next to its timings (shared by the benchmark scripts)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import resource
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import agilerl_selfsft
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def nproc() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def machine_load() -> dict[str, Any]:
+    """Load average and CPU pressure (PSI) now: other processes competing for the CPUs make timings noisy."""
+    load: dict[str, Any] = {"loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()[1:]
+        load["cpu_pressure_some"] = {k: float(v) for k, v in (f.split("=") for f in some) if k != "total"}
+    except (OSError, IndexError, ValueError):
+        load["cpu_pressure_some"] = None
+    return load
+
+
+def version(package: str) -> str:
+    """An installed package's version, or ``"not installed"``."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """Platform, CPU, library versions and torch threads (``threads``: the thread count the run asked for)."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "nproc": nproc(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+        "peft": version("peft"),
+        "agilerl": version("agilerl"),
+        "agilerl_selfsft": agilerl_selfsft.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "requested_threads": threads,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def command_line() -> str:
+    """The command line this process was started with, shell-quoted."""
+    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    return shlex.join(argv)
+
+
+def fmt_load(load: dict[str, Any]) -> str:
+    """A ``machine_load()`` result's load averages as ``"1.00, 0.50, 0.25"``."""
+    avg = load.get("loadavg_1_5_15")
+    return ", ".join(f"{x:.2f}" for x in avg) if avg else "unknown"
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment_markdown(result: dict[str, Any]) -> list[str]:
+    """The "Machine" and "Command" sections of a results Markdown file, as lines.
+
+    ``result`` holds ``machine`` (``machine_info()``), ``machine_load`` (``{"before": ..., "after": ...}`` from
+    ``machine_load()``), ``date`` and ``command`` (``command_line()``).
+    """
+    m, load = result["machine"], result["machine_load"]
+    return [
+        "## Machine",
+        "",
+        f"- platform: {m['platform']} (Python {m['python']})",
+        f"- CPU: {m['cpu_model']}; nproc {m['nproc']} (os.cpu_count {m['cpu_count']})",
+        f"- torch {m['torch']}, threads {m['torch_threads']}; transformers {m['transformers']}, peft {m['peft']}, "
+        f"agilerl {m['agilerl']}, agilerl_selfsft {m['agilerl_selfsft']}",
+        f"- CUDA: {m['cuda'] or 'none'}",
+        f"- load average (1, 5, 15 min) before / after the runs: {fmt_load(load['before'])} / "
+        f"{fmt_load(load['after'])}",
+        f"- date: {result['date']}",
+        "",
+        "## Command",
+        "",
+        "```",
+        result["command"],
+        "```",
+        "",
+    ]
