@@ -97,12 +97,18 @@ def load_model(
     path = _checked(resolve_model_path(name_or_path))
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as exc:  # e.g. a hub id that is not in the local cache (no downloads at run time)
+        raise SelfSFTError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
     return model, load_tokenizer(path)
 
 
 def _checked(path: str) -> str:
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]
-    if looks_local and not Path(path).expanduser().exists():
+    """A local folder (must exist) or a hub id such as ``org/name`` (left to transformers)."""
+    expanded = Path(path).expanduser()
+    if expanded.exists():
+        return str(expanded)
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise SelfSFTError(f"model path does not exist: {path}")
-    return str(Path(path).expanduser()) if looks_local else path
+    return path
