@@ -111,6 +111,10 @@ class SelfSFT(SFT):
         vllm_config: Any | None = None,
         max_model_len: int = 1024,
     ) -> None:
+        if not clone:
+            # LoRA's A matrices are drawn from torch's global RNG, which is seeded at random per process:
+            # seed it so the same seed gives the same adapters (and a resumed run equals an uninterrupted one).
+            torch.manual_seed(seed)
         super().__init__(
             pad_token_id=pad_token_id,
             pad_token=pad_token,

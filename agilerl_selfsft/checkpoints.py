@@ -11,16 +11,27 @@ import json
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from agilerl.utils.utils import save_llm_checkpoint
 
+from agilerl_selfsft.runstate import crash_point
+
 MANIFEST = "selfsft.json"
 
 
-def save_iteration(agent: Any, run_dir: str | Path, iteration: int, keep_last: int = 3, info: dict | None = None) -> Path:
+def save_iteration(
+    agent: Any,
+    run_dir: str | Path,
+    iteration: int,
+    keep_last: int = 3,
+    info: dict | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
     """Save ``agent`` as ``run_dir/checkpoints/iteration_NNNN`` and point ``latest`` at it.
 
+    :param extra: writes more files into the (temporary) checkpoint folder before it is renamed into place
     :return: the checkpoint folder
     """
     if keep_last < 1:
@@ -33,6 +44,9 @@ def save_iteration(agent: Any, run_dir: str | Path, iteration: int, keep_last: i
     save_llm_checkpoint(agent, str(tmp))
     manifest = {"iteration": iteration, "base_model": agent.pretrained_model_name_or_path, **(info or {})}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if extra is not None:
+        extra(tmp)
+    crash_point("checkpoint", iteration)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -58,14 +59,23 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     return pop, env
 
 
-def train(config_path: str | Path, output: str | Path | None = None) -> Path:
+def train(config_path: str | Path, output: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Path:
     """Run ``agilerl-selfsft train``; returns the run directory."""
     from agilerl_selfsft.report import plot, table
     from agilerl_selfsft.training import finetune_llm_selfsft
 
     config = load_config(config_path)
     out = Path(output) if output else Path("runs") / Path(config_path).stem
+    holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
+    if holds_run and not (resume or overwrite):
+        raise SelfSFTError(f"output dir {out} holds another run; pass --resume to continue it or --overwrite to replace it")
+    if holds_run and resume and (out / "config.json").exists():
+        saved = (out / "config.json").read_text()
+        if saved != config.model_dump_json(indent=2):
+            raise SelfSFTError(f"cannot resume {out}: its config.json differs from {config_path} (use the run's own config)")
     pop, env = build(config)
+    if overwrite and holds_run:
+        shutil.rmtree(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -74,7 +84,7 @@ def train(config_path: str | Path, output: str | Path | None = None) -> Path:
             pop, env, init_hp=config.model_dump(), iterations=config.iterations,
             prompts_per_iteration=config.prompts_per_iteration, sft_epochs=config.sft_epochs,
             eval_samples=config.eval_samples, eval_greedy=config.eval_greedy, checkpoint_path=out,
-            keep_checkpoints=config.keep_checkpoints, seed=config.seed,
+            keep_checkpoints=config.keep_checkpoints, seed=config.seed, resume=resume,
         )
     except SelfSFTError:
         if created and not (out / "checkpoints" / "latest").exists():
@@ -107,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="self-train a model from a YAML config")
     p_train.add_argument("--config", required=True, help=f"YAML config (the demo: {DEMO_CONFIG})")
     p_train.add_argument("--output", help="run directory, defaults to runs/<config name>")
+    p_train.add_argument("--resume", action="store_true", help="continue the run in --output from its last complete iteration")
+    p_train.add_argument("--overwrite", action="store_true", help="replace the run in --output")
     p_eval = sub.add_parser("eval", help="held-out reward of a checkpoint")
     p_eval.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. RUN/checkpoints/latest")
     p_eval.add_argument("--config", required=True, help="the run's YAML config (model, task, reward)")
@@ -114,14 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "deepspeed", "DeepSpeed", "accelerate", "jax"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: the last complete iteration stays.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.command == "train":
-            train(args.config, args.output)
+            if args.resume and args.overwrite:
+                raise SelfSFTError("--resume and --overwrite exclude each other")
+            train(args.config, args.output, resume=args.resume, overwrite=args.overwrite)
         else:
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.config), indent=2))
     except SelfSFTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the run keeps its last complete iteration; continue it with --resume", file=sys.stderr)
+        return 130
     return 0
 
 

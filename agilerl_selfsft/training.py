@@ -17,6 +17,8 @@ from agilerl_selfsft.algorithm import SelfSFT
 from agilerl_selfsft.checkpoints import save_iteration
 from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.evaluation import evaluate
+from agilerl_selfsft.report import read_metrics
+from agilerl_selfsft.runstate import crash_point, restore, write_state
 
 log = logging.getLogger("agilerl_selfsft")
 
@@ -40,6 +42,7 @@ def finetune_llm_selfsft(
     wandb_api_key: str | None = None,
     seed: int = 42,
     verbose: bool = True,
+    resume: bool = False,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
@@ -69,15 +72,24 @@ def finetune_llm_selfsft(
     :param wandb_api_key: key for ``wandb.login``, defaults to None
     :param seed: seeds generation each iteration (``seed + iteration``), defaults to 42
     :param verbose: stage logs and progress bars, defaults to True
+    :param resume: continue the run in ``checkpoint_path`` from its last complete iteration (adapters,
+        optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
+        The result equals that of an uninterrupted run with the same seed. Defaults to False
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
     run_dir = Path(checkpoint_path) if checkpoint_path is not None else None
+    history: list[dict[str, Any]] = []
+    done = -1  # the last complete iteration
+    latest = run_dir / "checkpoints" / "latest" if run_dir is not None else None
+    if resume and latest is not None and latest.exists():
+        done = restore(latest.resolve(), env, pop)
+        history = [row for row in read_metrics(run_dir) if row["iteration"] <= done]
+        _info(verbose, "[SelfSFT] Resuming after iteration %d from %s", done, latest.resolve())
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").write_text("")
+        _write_lines(run_dir / "metrics.jsonl", history)  # drops rows of an iteration that did not finish
     wandb_run = _init_wandb(wb, wandb_api_key, init_hp)
-    history: list[dict[str, Any]] = []
-    start = time.perf_counter()
+    start = time.perf_counter() - (history[-1]["wall_seconds"] if history else 0.0)
 
     def record(row: dict[str, Any]) -> None:
         row["wall_seconds"] = round(time.perf_counter() - start, 2)
@@ -89,16 +101,17 @@ def finetune_llm_selfsft(
             wandb_run.log({k: v for k, v in _namespaced(row).items() if v is not None}, step=row["iteration"])
 
     # ---- iteration 0: the starting policy ----
-    tag = f"[SelfSFT 0/{iterations}]"
-    _info(verbose, "%s [Stage 5] Evaluating the base policy on %d held-out prompts...", tag, len(env.eval_tasks))
-    torch.manual_seed(seed)
-    base_eval = evaluate(pop[0], env, eval_samples, eval_greedy)
-    for agent in pop:
-        agent.metrics.add_fitness(base_eval["eval_reward"])
-    _info(verbose, "%s Evaluation completed. Average reward: %.4f (greedy %.4f)", tag, base_eval["eval_reward"], base_eval["eval_reward_greedy"])
-    record({"iteration": 0, **_clean(base_eval), "train_reward": None, "kept": 0, "population": [_hp(a) for a in pop]})
+    if done < 0:
+        tag = f"[SelfSFT 0/{iterations}]"
+        _info(verbose, "%s [Stage 5] Evaluating the base policy on %d held-out prompts...", tag, len(env.eval_tasks))
+        torch.manual_seed(seed)
+        base_eval = evaluate(pop[0], env, eval_samples, eval_greedy)
+        for agent in pop:
+            agent.metrics.add_fitness(base_eval["eval_reward"])
+        _info(verbose, "%s Evaluation completed. Average reward: %.4f (greedy %.4f)", tag, base_eval["eval_reward"], base_eval["eval_reward_greedy"])
+        record({"iteration": 0, **_clean(base_eval), "train_reward": None, "kept": 0, "population": [_hp(a) for a in pop]})
 
-    for iteration in range(1, iterations + 1):
+    for iteration in range(max(done, 0) + 1, iterations + 1):
         tag = f"[SelfSFT {iteration}/{iterations}]"
         tasks = env.sample_prompts(prompts_per_iteration)
         members = []
@@ -108,6 +121,7 @@ def finetune_llm_selfsft(
             # 1. generate
             _info(verbose, "%s [Stage 1] Sampling %d completions for each of %d prompts (T=%.2f)...", who, agent.num_generations, len(tasks), agent.temperature)
             generations = agent.sample([t.messages for t in tasks])
+            crash_point("generate", iteration)
             _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens, generations.seconds, generations.num_tokens / max(generations.seconds, 1e-9))
             # 2. score
             scored = env.score(tasks, generations)
@@ -126,6 +140,7 @@ def finetune_llm_selfsft(
                 batch = env.reset()
                 for _ in tqdm(range(steps), desc=f"{who} learn", leave=False, disable=not verbose):
                     out = agent.learn(batch)
+                    crash_point("learn", iteration)
                     losses.append(out["loss"])
                     kls.append(out["kl"])
                     batch = env.step()
@@ -143,18 +158,28 @@ def finetune_llm_selfsft(
         best = int(np.argmax([m["eval_reward"] for m in members]))
         row = {"iteration": iteration, **{k: v for k, v in members[best].items() if k not in _hp(pop[best])}}
         row["population"] = members
-        # 6. checkpoint the best agent
-        if save_elite and run_dir is not None:
-            path = save_iteration(pop[best], run_dir, iteration, keep_checkpoints, info={"eval_reward": row["eval_reward"]})
-            _info(verbose, "%s [Stage 6] Checkpoint saved: %s", tag, path)
-        record(row)
-        # 7. evolve
+        elite = pop[best]
+        record(row)  # before the checkpoint: a resume drops rows newer than its checkpoint, never misses one
+        # 6. evolve (before the checkpoint, so a resumed run continues from the evolved population)
         if tournament is not None and mutation is not None and iteration % evo_steps == 0 and iteration < iterations:
-            _, pop, _ = tournament.select(pop)  # agilerl 2.10: (elite, population, _)
+            elite, pop, _ = tournament.select(pop)  # agilerl 2.10: (elite, population, _)
             pop = mutation.mutation(pop)
+        # 7. checkpoint the elite, with the run state
+        if save_elite and run_dir is not None:
+            path = save_iteration(
+                elite, run_dir, iteration, keep_checkpoints, info={"eval_reward": row["eval_reward"]},
+                extra=lambda folder: write_state(folder, iteration, env, pop),
+            )
+            _info(verbose, "%s [Stage 7] Checkpoint saved: %s", tag, path)
     if wandb_run is not None:
         wandb_run.finish()
     return pop, history
+
+
+def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row, allow_nan=False, default=_jsonable) + "\n" for row in rows))
+    tmp.replace(path)
 
 
 def _hp(agent: SelfSFT) -> dict[str, Any]:
