@@ -3,10 +3,15 @@
 Each checkpoint is written into a hidden temporary folder and renamed into place, then ``latest`` (a
 relative symlink) is switched to it atomically, so ``latest`` only ever points at a complete checkpoint.
 Only the newest ``keep_last`` iterations are kept.
+
+Every checkpoint carries ``selfsft.json``: format version, iteration, base model, LoRA shape and the
+SHA-256 of every file. :func:`verify_checkpoint` checks it before anything is loaded, so a truncated,
+changed or mismatched checkpoint is a clear error rather than a crash inside a loader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,9 +21,12 @@ from typing import Any
 
 from agilerl.utils.utils import save_llm_checkpoint
 
+from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.runstate import crash_point
 
 MANIFEST = "selfsft.json"
+FORMAT_VERSION = 1
+_LORA_FIELDS = ("r", "lora_alpha", "target_modules")
 
 
 def save_iteration(
@@ -42,10 +50,17 @@ def save_iteration(
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_llm_checkpoint(agent, str(tmp))
-    manifest = {"iteration": iteration, "base_model": agent.pretrained_model_name_or_path, **(info or {})}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if extra is not None:
         extra(tmp)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "iteration": iteration,
+        "base_model": Path(str(agent.pretrained_model_name_or_path)).name,
+        "lora": _lora_summary(agent.lora_config),
+        **(info or {}),
+        "files": {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     crash_point("checkpoint", iteration)
     if final.exists():
         shutil.rmtree(final)
@@ -63,3 +78,66 @@ def _prune(root: Path, keep_last: int) -> None:
     versions = sorted(p for p in root.glob("iteration_*") if p.is_dir() and not p.is_symlink())
     for old in versions[: max(0, len(versions) - keep_last)]:
         shutil.rmtree(old)
+
+
+def verify_checkpoint(path: str | Path, agent: Any | None = None) -> dict[str, Any]:
+    """Check a checkpoint against its manifest (and, given an ``agent``, its base model and LoRA shape).
+
+    :return: the manifest
+    :raises SelfSFTError: naming the first problem: not a checkpoint, a missing, truncated or changed
+        file, another base model, another LoRA shape
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise SelfSFTError(f"not a SelfSFT checkpoint (no {MANIFEST}): {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SelfSFTError(f"checkpoint {path}: {MANIFEST} is unreadable ({exc})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise SelfSFTError(f"checkpoint {path} has format {manifest.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+    for name, digest in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise SelfSFTError(f"checkpoint {path} is incomplete: {name} is missing")
+        if _sha256(file) != digest:
+            raise SelfSFTError(f"checkpoint {path} is damaged: {name} does not match its manifest (truncated or changed)")
+    if agent is not None:
+        base = Path(str(agent.pretrained_model_name_or_path)).name
+        if manifest["base_model"] != base:
+            raise SelfSFTError(f"checkpoint {path} was trained from {manifest['base_model']!r}, not {base!r}")
+        ours = _lora_summary(agent.lora_config)
+        diff = [f"{k}: checkpoint {manifest['lora'].get(k)!r} vs config {ours[k]!r}" for k in ours if manifest["lora"].get(k) != ours[k]]
+        if diff:
+            raise SelfSFTError(f"checkpoint {path} has another LoRA shape ({'; '.join(diff)}); set lora in the config to match")
+    return manifest
+
+
+def load_adapters(agent: Any, path: str | Path) -> dict[str, Any]:
+    """Verify a checkpoint, then load its adapters into ``agent`` from safetensors only (no unpickling).
+
+    AgileRL's public ``load_checkpoint`` also unpickles ``attributes.pt``; its adapter loader
+    ``_load_model_checkpoint`` reads only ``adapter_model.safetensors`` and ``adapter_config.json``, which
+    is all evaluation needs.
+    """
+    manifest = verify_checkpoint(path, agent)
+    agent._load_model_checkpoint(str(path))
+    agent.use_adapter("actor")
+    return manifest
+
+
+def _lora_summary(config: Any) -> dict[str, Any]:
+    targets = config.target_modules
+    return {
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

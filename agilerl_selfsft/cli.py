@@ -100,15 +100,13 @@ def evaluate_checkpoint(checkpoint: str | Path, config_path: str | Path) -> dict
     """Run ``agilerl-selfsft eval``: the held-out reward of a checkpoint."""
     from agilerl_selfsft.evaluation import evaluate
 
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / "actor" / "adapter_model.safetensors").is_file():
-        raise SelfSFTError(f"not a SelfSFT checkpoint (no actor/adapter_model.safetensors): {checkpoint}")
+    from agilerl_selfsft.checkpoints import load_adapters, verify_checkpoint
+
+    verify_checkpoint(checkpoint)  # cheap checks first, before the model is loaded
     config = load_config(config_path)
     pop, env = build(config.model_copy(update={"population": 1}))
-    agent = pop[0]
-    agent.load_checkpoint(str(checkpoint), load_optimizer=False)
-    agent.use_adapter("actor")
-    return evaluate(agent, env, config.eval_samples, config.eval_greedy)
+    load_adapters(pop[0], checkpoint)
+    return evaluate(pop[0], env, config.eval_samples, config.eval_greedy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,9 @@ def restore(folder: Path, env: Any, pop: list[Any]) -> int:
 
     :return: the iteration the checkpoint completed
     """
+    from agilerl_selfsft.checkpoints import verify_checkpoint  # (checkpoints imports this module)
+
+    verify_checkpoint(folder, pop[0])  # before AgileRL unpickles attributes.pt: only files this run wrote
     state = read_state(folder)
     if len(state["members"]) != len(pop):
         raise SelfSFTError(f"cannot resume: the run has {len(state['members'])} agents, this config makes {len(pop)}")

@@ -67,3 +67,47 @@ def test_saved_actor_adapter_reproduces_the_agent(tiny_agent, tiny_model_factory
     with torch.no_grad():
         got = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- the manifest: checked before anything is loaded ----
+from peft import LoraConfig  # noqa: E402
+import pytest  # noqa: E402
+
+from agilerl_selfsft.checkpoints import load_adapters, verify_checkpoint  # noqa: E402
+from agilerl_selfsft.errors import SelfSFTError  # noqa: E402
+
+
+def test_manifest_hashes_every_file_and_loads_clean(tiny_agent, make_agent, tmp_path):
+    tiny_agent.learn(collate(tiny_agent.tokenizer, CHATS))
+    path = save_iteration(tiny_agent, tmp_path, 1, info={"eval_reward": 0.5})
+    manifest = verify_checkpoint(path, tiny_agent)
+    assert manifest["iteration"] == 1 and manifest["format_version"] == 1
+    assert {"actor/adapter_model.safetensors", "reference/adapter_model.safetensors", "attributes.pt"} <= set(manifest["files"])
+    fresh = make_agent()
+    load_adapters(fresh, path)  # safetensors only
+    batch = collate(tiny_agent.tokenizer, CHATS)
+    assert fresh.learn(batch, training=False)["loss"] == pytest.approx(tiny_agent.learn(batch, training=False)["loss"], abs=1e-6)
+
+
+def test_truncated_or_missing_files_are_named(tiny_agent, tmp_path):
+    path = save_iteration(tiny_agent, tmp_path, 1)
+    adapter = path / "actor" / "adapter_model.safetensors"
+    intact = adapter.read_bytes()
+    adapter.write_bytes(intact[:100])
+    with pytest.raises(SelfSFTError, match=r"is damaged: actor/adapter_model.safetensors does not match its manifest"):
+        verify_checkpoint(path)
+    adapter.write_bytes(intact)
+    verify_checkpoint(path)
+    (path / "attributes.pt").unlink()
+    with pytest.raises(SelfSFTError, match="is incomplete: attributes.pt is missing"):
+        verify_checkpoint(path)
+    (path / MANIFEST).unlink()
+    with pytest.raises(SelfSFTError, match="not a SelfSFT checkpoint"):
+        verify_checkpoint(path)
+
+
+def test_another_lora_shape_is_refused_with_the_fields(tiny_agent, make_agent, tmp_path):
+    path = save_iteration(tiny_agent, tmp_path, 1)
+    other = make_agent(lora_config=LoraConfig(r=8, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with pytest.raises(SelfSFTError, match=r"another LoRA shape \(r: checkpoint 4 vs config 8\)"):
+        load_adapters(other, path)
