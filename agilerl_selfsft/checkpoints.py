@@ -49,6 +49,29 @@ def save_iteration(
     name = f"iteration_{iteration:04d}"
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(agent, tmp, iteration, info, extra)
+    except OSError as exc:  # disk full, quota, file-size limit…: the previous checkpoint is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = (root / "latest").resolve().name if (root / "latest").exists() else "none"
+        raise SelfSFTError(
+            f"could not write the checkpoint of iteration {iteration} ({exc.strerror or exc}); "
+            f"the previous checkpoint ({previous}) is intact"
+        ) from None
+    crash_point("checkpoint", iteration)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    link = root / ".latest.tmp"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(name, target_is_directory=True)
+    os.replace(link, root / "latest")
+    _prune(root, keep_last)
+    return final
+
+
+def _write(agent: Any, tmp: Path, iteration: int, info: dict | None, extra: Callable[[Path], None] | None) -> None:
     save_llm_checkpoint(agent, str(tmp))
     if extra is not None:
         extra(tmp)
@@ -61,17 +84,6 @@ def save_iteration(
         "files": {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    crash_point("checkpoint", iteration)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    link = root / ".latest.tmp"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(name, target_is_directory=True)
-    os.replace(link, root / "latest")
-    _prune(root, keep_last)
-    return final
 
 
 def _prune(root: Path, keep_last: int) -> None:

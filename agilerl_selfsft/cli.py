@@ -29,7 +29,7 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     from agilerl_selfsft.env import SelfSFTGym
     from agilerl_selfsft.models import load_model, resolve_model_path
     from agilerl_selfsft.rewards import resolve_reward
-    from agilerl_selfsft.tasks import load_tasks
+    from agilerl_selfsft.tasks import drop_long_prompts, load_tasks
 
     # Everything that can be wrong with the inputs is checked before the model is loaded.
     train, held_out = load_tasks(config.task.train), load_tasks(config.task.eval)
@@ -37,6 +37,14 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     if config.threads:
         torch.set_num_threads(config.threads)
     model, tokenizer = load_model(resolve_model_path(config.model))
+    context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    limit = config.max_prompt_tokens or context - config.max_new_tokens
+    train, skipped_train = drop_long_prompts(train, tokenizer, limit, config.long_prompts, "train")
+    held_out, skipped_eval = drop_long_prompts(held_out, tokenizer, limit, config.long_prompts, "held-out")
+    if skipped_train or skipped_eval:
+        logging.getLogger("agilerl_selfsft").warning(
+            "Skipped prompts longer than %d tokens: %d train, %d held-out.", limit, skipped_train, skipped_eval
+        )
     lora = LoraConfig(
         r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
@@ -70,9 +78,11 @@ def train(config_path: str | Path, output: str | Path | None = None, resume: boo
     if holds_run and not (resume or overwrite):
         raise SelfSFTError(f"output dir {out} holds another run; pass --resume to continue it or --overwrite to replace it")
     if holds_run and resume and (out / "config.json").exists():
-        saved = (out / "config.json").read_text()
-        if saved != config.model_dump_json(indent=2):
-            raise SelfSFTError(f"cannot resume {out}: its config.json differs from {config_path} (use the run's own config)")
+        # A resumed run may be extended (iterations) or given other threads; anything else would mix runs.
+        saved = json.loads((out / "config.json").read_text())
+        changed = sorted(k for k, v in config.model_dump(mode="json").items() if k not in ("iterations", "threads") and saved.get(k) != v)
+        if changed:
+            raise SelfSFTError(f"cannot resume {out}: {', '.join(changed)} differ from the run's config.json")
     pop, env = build(config)
     if overwrite and holds_run:
         shutil.rmtree(out)
@@ -85,6 +95,7 @@ def train(config_path: str | Path, output: str | Path | None = None, resume: boo
             prompts_per_iteration=config.prompts_per_iteration, sft_epochs=config.sft_epochs,
             eval_samples=config.eval_samples, eval_greedy=config.eval_greedy, checkpoint_path=out,
             keep_checkpoints=config.keep_checkpoints, seed=config.seed, resume=resume,
+            stop_after_empty=config.stop_after_empty,
         )
     except SelfSFTError:
         if created and not (out / "checkpoints" / "latest").exists():

@@ -71,6 +71,9 @@ class Config(_Strict):
     eval_samples: int = Field(4, ge=1)
     eval_greedy: bool = True
     keep_checkpoints: int = Field(3, ge=1)
+    stop_after_empty: int | None = Field(None, ge=1, description="stop after this many iterations with nothing selected")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="longest prompt; default: context - max_new_tokens")
+    long_prompts: Literal["skip", "stop"] = "skip"
     seed: int = 42
     threads: int | None = Field(None, ge=1)
 

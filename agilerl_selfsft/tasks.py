@@ -74,3 +74,23 @@ def task_from_row(row: Any, index: int, where: str = "row") -> Task:
             raise SelfSFTError(f"{where}: 'messages' must end before the answer (last role is assistant)")
         return Task(index, messages, messages, columns)
     raise SelfSFTError(f"{where}: a row needs a non-empty 'prompt' string or 'messages' list; found keys {sorted(row)}")
+
+
+def drop_long_prompts(tasks: list[Task], tokenizer: Any, limit: int, action: str, split: str) -> tuple[list[Task], int]:
+    """Keep the tasks whose rendered prompt has at most ``limit`` tokens.
+
+    :param action: ``"skip"`` drops the long ones (and the caller reports the count); ``"stop"`` raises
+    :return: the kept tasks and how many were dropped
+    """
+    from agilerl_selfsft.chat import render_prompt
+
+    kept = []
+    for task in tasks:
+        length = len(tokenizer(render_prompt(tokenizer, task.messages), add_special_tokens=False)["input_ids"])
+        if length <= limit:
+            kept.append(task)
+        elif action == "stop":
+            raise SelfSFTError(f"{split} prompt {task.id} has {length} tokens, more than the limit of {limit} (long_prompts: stop)")
+    if not kept:
+        raise SelfSFTError(f"every {split} prompt is longer than {limit} tokens")
+    return kept, len(tasks) - len(kept)

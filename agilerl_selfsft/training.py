@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from agilerl_selfsft.algorithm import SelfSFT
 from agilerl_selfsft.checkpoints import save_iteration
 from agilerl_selfsft.env import SelfSFTGym
+from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.evaluation import evaluate
 from agilerl_selfsft.report import read_metrics
 from agilerl_selfsft.runstate import crash_point, restore, write_state
@@ -43,6 +44,7 @@ def finetune_llm_selfsft(
     seed: int = 42,
     verbose: bool = True,
     resume: bool = False,
+    stop_after_empty: int | None = None,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
@@ -72,6 +74,8 @@ def finetune_llm_selfsft(
     :param wandb_api_key: key for ``wandb.login``, defaults to None
     :param seed: seeds generation each iteration (``seed + iteration``), defaults to 42
     :param verbose: stage logs and progress bars, defaults to True
+    :param stop_after_empty: stop with a :class:`SelfSFTError` when no sample passes the selection for
+        this many iterations in a row (finished iterations stay checkpointed), defaults to None (keep going)
     :param resume: continue the run in ``checkpoint_path`` from its last complete iteration (adapters,
         optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
         The result equals that of an uninterrupted run with the same seed. Defaults to False
@@ -111,6 +115,7 @@ def finetune_llm_selfsft(
         _info(verbose, "%s Evaluation completed. Average reward: %.4f (greedy %.4f)", tag, base_eval["eval_reward"], base_eval["eval_reward_greedy"])
         record({"iteration": 0, **_clean(base_eval), "train_reward": None, "kept": 0, "population": [_hp(a) for a in pop]})
 
+    empty_streak = 0
     for iteration in range(max(done, 0) + 1, iterations + 1):
         tag = f"[SelfSFT {iteration}/{iterations}]"
         tasks = env.sample_prompts(prompts_per_iteration)
@@ -155,6 +160,10 @@ def finetune_llm_selfsft(
                 "loss": learn["loss"], "kl": learn["kl"], "learn_steps": learn["steps"],
                 "gen_tokens": generations.num_tokens, "gen_seconds": round(generations.seconds, 2),
             })
+        empty_streak = empty_streak + 1 if all(m["buffer"] == 0 for m in members) else 0
+        if empty_streak > 1:
+            log.warning("%s Nothing passed the selection for %d iterations in a row: lower selection.threshold, "
+                        "raise num_generations or temperature, or check the reward.", tag, empty_streak)
         best = int(np.argmax([m["eval_reward"] for m in members]))
         row = {"iteration": iteration, **{k: v for k, v in members[best].items() if k not in _hp(pop[best])}}
         row["population"] = members
@@ -171,6 +180,10 @@ def finetune_llm_selfsft(
                 extra=lambda folder: write_state(folder, iteration, env, pop),
             )
             _info(verbose, "%s [Stage 7] Checkpoint saved: %s", tag, path)
+        if stop_after_empty is not None and empty_streak >= stop_after_empty:  # after this iteration is kept
+            raise SelfSFTError(f"nothing passed the selection for {empty_streak} iterations in a row "
+                               f"(iterations {iteration - empty_streak + 1}-{iteration}); lower selection.threshold, "
+                               "raise num_generations or temperature, or check the reward")
     if wandb_run is not None:
         wandb_run.finish()
     return pop, history

@@ -33,6 +33,9 @@ BAD_REWARDS = textwrap.dedent(
 
     def always_one(prompts, completions, **kw):
         return [1.0] * len(completions)
+
+    def always_zero(prompts, completions, **kw):
+        return [0.0] * len(completions)
     """
 )
 
@@ -153,3 +156,52 @@ def test_command_line_exit_status_and_no_traceback(workdir, tiny_model_dir):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown reward 'nope'")
+
+
+def test_long_prompts_are_skipped_with_a_count_or_stop(workdir, tiny_model_dir, capsys, caplog):
+    long_row = json.dumps({"prompt": "Tell me " + "very " * 80 + "much.", "answer": "x"})
+    (workdir / "train.jsonl").write_text((workdir / "train.jsonl").read_text() + long_row + "\n")
+    config = write_config(workdir, tiny_model_dir, max_prompt_tokens=60, iterations=0)
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    assert "Skipped prompts longer than 60 tokens: 1 train, 0 held-out." in caplog.text
+    config = write_config(workdir, tiny_model_dir, max_prompt_tokens=60, long_prompts="stop")
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run2")
+    assert code == 2 and "train prompt 3 has" in line and "more than the limit of 60 (long_prompts: stop)" in line
+
+
+def test_nothing_selected_for_several_iterations_stops_as_configured(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir, reward="badrewards:always_zero", iterations=5, stop_after_empty=2,
+                          selection={"threshold": 1.0})
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
+    assert code == 2 and "nothing passed the selection for 2 iterations in a row (iterations 1-2)" in line
+    rows = read_metrics(workdir / "run")  # what finished is kept: the base evaluation and two iterations
+    assert [r["iteration"] for r in rows] == [0, 1, 2] and all(r["kept"] == 0 for r in rows)
+    assert os.readlink(workdir / "run" / "checkpoints" / "latest") == "iteration_0002"
+
+
+def test_an_output_dir_with_another_run_is_refused_unless_resume_or_overwrite(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir)
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
+    assert code == 2 and "holds another run; pass --resume to continue it or --overwrite to replace it" in line
+    changed = write_config(workdir, tiny_model_dir, lr=0.5)
+    code, line = run_cli(capsys, "train", "--config", str(changed), "--output", "run", "--resume")
+    assert code == 2 and "cannot resume run: lr differ from the run's config.json" in line
+    longer = write_config(workdir, tiny_model_dir, iterations=2)  # extending a run is allowed
+    assert main(["train", "--config", str(longer), "--output", "run", "--resume"]) == 0
+    assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1, 2]
+    config = write_config(workdir, tiny_model_dir)
+    assert main(["train", "--config", str(config), "--output", "run", "--overwrite"]) == 0
+    assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1]
+
+
+def test_a_damaged_checkpoint_is_one_line(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir)
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    latest = workdir / "run" / "checkpoints" / "latest"
+    adapter = latest / "actor" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-10])
+    code, line = run_cli(capsys, "eval", "--checkpoint", str(latest), "--config", str(config))
+    assert code == 2 and "is damaged: actor/adapter_model.safetensors does not match its manifest" in line
+    code, line = run_cli(capsys, "train", "--config", str(write_config(workdir, tiny_model_dir, iterations=2)), "--output", "run", "--resume")
+    assert code == 2 and "is damaged" in line

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -95,3 +98,47 @@ def test_killed_run_resumes_to_the_same_result(setup, uninterrupted, crash_at):
     clean_state = json.loads((uninterrupted / "checkpoints" / "latest" / "run_state.json").read_text())
     assert state["env"]["replay"] == clean_state["env"]["replay"]  # no kept sample lost or duplicated
     assert sorted(p.name for p in (setup / out / "checkpoints").iterdir()) == ["iteration_0002", "iteration_0003", "latest"]
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(setup):
+    first = train(setup, "diskfull")
+    assert first.returncode == 0
+    ckpts = setup / "diskfull" / "checkpoints"
+    before = {p.name: p.stat().st_mtime for p in ckpts.iterdir()}
+
+    def small_files() -> None:  # every write past 4 KiB fails with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    config = json.loads((setup / "config.yaml").read_text())
+    (setup / "longer.yaml").write_text(json.dumps({**config, "iterations": 4}))
+    env = {**os.environ, "PYTHONPATH": str(setup), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", "longer.yaml", "--output", "diskfull", "--resume"],
+        cwd=setup, env=env, capture_output=True, text=True, timeout=600, preexec_fn=small_files,
+    )
+    assert proc.returncode == 2
+    assert "could not write the checkpoint of iteration 4 (File too large); the previous checkpoint (iteration_0003) is intact" in proc.stderr
+    assert {p.name: p.stat().st_mtime for p in ckpts.iterdir()} == before  # nothing touched, no temporaries
+    from agilerl_selfsft.checkpoints import verify_checkpoint
+
+    assert verify_checkpoint(ckpts / "latest")["iteration"] == 3
+
+
+def test_sigterm_leaves_a_resumable_run(setup, uninterrupted):
+    env = {**os.environ, "PYTHONPATH": str(setup), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", "config.yaml", "--output", "sigterm"],
+        cwd=setup, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:  # stop it while iteration 2 runs
+        if "[SelfSFT 2/3] [Stage 1]" in line or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 130, rest[-2000:]
+    assert "interrupted: the run keeps its last complete iteration; continue it with --resume" in rest
+    resumed = train(setup, "sigterm", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert comparable(setup / "sigterm") == comparable(uninterrupted)
