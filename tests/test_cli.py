@@ -107,6 +107,10 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
         ({"lr": -1}, "key 'lr': Input should be greater than 0"),
         ({"itertions": 3}, "unknown key 'itertions'; did you mean 'iterations'?"),
         ({"num_generations": 0}, "key 'num_generations': Input should be greater than or equal to 1"),
+        ({"lr": 0}, "key 'lr': Input should be greater than 0"),
+        ({"population": 0}, "key 'population': Input should be greater than or equal to 1"),
+        ({"selection": {"strategy": "best"}}, "key 'selection.strategy': Input should be 'threshold', 'top_k', 'top_fraction' or 'random'"),
+        ({"selection": {"treshold": 1}}, "unknown key 'selection.treshold'; did you mean 'threshold'?"),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys, overrides, expected):

@@ -99,3 +99,10 @@ def test_messages_ending_with_assistant_are_rejected(tmp_path):
 def test_messages_need_role_and_content():
     with pytest.raises(SelfSFTError, match="role"):
         task_from_row({"messages": [{"role": "user"}]}, 0)
+
+
+def test_an_unreadable_task_file_is_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "caf\xe9?"}\n')  # not UTF-8
+    with pytest.raises(SelfSFTError, match=r"latin1.jsonl cannot be read: 'utf-8' codec can't decode"):
+        load_tasks(path)
