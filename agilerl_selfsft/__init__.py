@@ -6,6 +6,7 @@ SFT environment → learn (response-only cross-entropy) → evaluate on held-out
 
 from agilerl_selfsft import _compat  # noqa: F401  (must run before any agilerl.algorithms import)
 from agilerl_selfsft.algorithm import SelfSFT
+from agilerl_selfsft.checkpoints import load_adapters, verify_checkpoint
 from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.models import EMBEDDED_NAME, load_model
@@ -22,7 +23,9 @@ __all__ = [
     "Task",
     "evaluate",
     "finetune_llm_selfsft",
+    "load_adapters",
     "load_model",
     "load_tasks",
+    "verify_checkpoint",
 ]
 __version__ = "0.1.0"
