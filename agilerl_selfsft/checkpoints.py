@@ -22,7 +22,7 @@ from typing import Any
 from agilerl.utils.utils import save_llm_checkpoint
 
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.runstate import crash_point
+from agilerl_selfsft.runstate import crash_point, read_versioned_json
 
 MANIFEST = "selfsft.json"
 FORMAT_VERSION = 1
@@ -100,14 +100,7 @@ def verify_checkpoint(path: str | Path, agent: Any | None = None) -> dict[str, A
         file, another base model, another LoRA shape
     """
     path = Path(path)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise SelfSFTError(f"not a SelfSFT checkpoint (no {MANIFEST}): {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfSFTError(f"checkpoint {path}: {MANIFEST} is unreadable ({exc})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise SelfSFTError(f"checkpoint {path} has format {manifest.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+    manifest = read_versioned_json(path / MANIFEST, FORMAT_VERSION, f"not a SelfSFT checkpoint: {path}")
     for name, digest in manifest["files"].items():
         file = path / name
         if not file.is_file():

@@ -64,18 +64,22 @@ def write_state(folder: Path, iteration: int, env: Any, pop: list[Any]) -> None:
     (folder / STATE_FILE).write_text(json.dumps(state))
 
 
+def read_versioned_json(path: Path, version: int, what: str) -> dict[str, Any]:
+    """A JSON file with a ``format_version``; a :class:`SelfSFTError` that starts with ``what`` otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SelfSFTError(f"{what}: {path.name} is missing") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SelfSFTError(f"{what}: {path.name} is unreadable ({exc})") from None
+    if data.get("format_version") != version:
+        raise SelfSFTError(f"{what}: {path.name} has format {data.get('format_version')!r}; this version reads {version}")
+    return data
+
+
 def read_state(folder: Path) -> dict[str, Any]:
     """Read and check ``run_state.json`` of a checkpoint folder."""
-    path = folder / STATE_FILE
-    try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SelfSFTError(f"cannot resume: {path} is missing (a checkpoint from an older or foreign run?)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfSFTError(f"cannot resume: {path} is unreadable ({exc})") from None
-    if state.get("format_version") != FORMAT_VERSION:
-        raise SelfSFTError(f"cannot resume: {path} has format {state.get('format_version')!r}, expected {FORMAT_VERSION}")
-    return state
+    return read_versioned_json(folder / STATE_FILE, FORMAT_VERSION, f"cannot resume from {folder}")
 
 
 def restore(folder: Path, env: Any, pop: list[Any]) -> int:
