@@ -9,6 +9,7 @@ from agilerl_selfsft.algorithm import SelfSFT
 from agilerl_selfsft.checkpoints import load_adapters, verify_checkpoint
 from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.export import load_into
 from agilerl_selfsft.models import EMBEDDED_NAME, load_model
 from agilerl_selfsft.rewards import BUILTINS as REWARDS
 from agilerl_selfsft.tasks import Task, load_tasks
@@ -24,6 +25,7 @@ __all__ = [
     "evaluate",
     "finetune_llm_selfsft",
     "load_adapters",
+    "load_into",
     "load_model",
     "load_tasks",
     "verify_checkpoint",
