@@ -22,6 +22,16 @@ torch.set_num_threads(2)
 
 TINY_SEED = 0
 
+# A multi-turn chat with every role: loss belongs on the two assistant turns only.
+MULTI = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "tool", "content": '{"temperature": 21}'},
+    {"role": "user", "content": "And of Germany?"},
+    {"role": "assistant", "content": "Berlin, of course."},
+]
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

@@ -12,20 +12,14 @@ from datasets import Dataset
 
 from agilerl_selfsft.chat import collate
 
+from conftest import MULTI  # a system/user/assistant/tool/user/assistant chat
+
 PROMPTS = ["What is the capital of France?", "Name a colour.", "Hi", "What is 2 + 2?",
            "Say something nice about cats, please.", "Which is larger, 3 or 5?"]
 
 SINGLE = [
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help you today?"}],
-]
-MULTI = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "What is the capital of France?"},
-    {"role": "assistant", "content": "Paris."},
-    {"role": "tool", "content": '{"temperature": 21}'},
-    {"role": "user", "content": "And of Germany?"},
-    {"role": "assistant", "content": "Berlin, of course."},
 ]
 
 

@@ -7,15 +7,9 @@ import torch
 
 from agilerl_selfsft.chat import collate, render_prompt, tokenize_conversation, turn_end_token_ids
 
+from conftest import MULTI  # a system/user/assistant/tool/user/assistant chat
+
 SINGLE = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]
-MULTI = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "What is the capital of France?"},
-    {"role": "assistant", "content": "Paris."},
-    {"role": "tool", "content": '{"temperature": 21}'},
-    {"role": "user", "content": "And of Germany?"},
-    {"role": "assistant", "content": "Berlin, of course."},
-]
 
 
 def spans(ids, mask):
