@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,6 +13,7 @@ from agilerl.utils.llm_utils import gather_if_ds_param
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from agilerl_selfsft.chat import Message, render_prompt, turn_end_token_ids
+from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import Generations, hf_generate
 
 if TYPE_CHECKING:
@@ -36,6 +38,15 @@ class SelfSFT(SFT):
     - response-only cross-entropy for single-turn pairs and multi-turn chats: batches that carry a
       ``loss_mask`` (as :class:`~agilerl_selfsft.env.SelfSFTGym` yields) train on every assistant turn and
       on nothing else; plain ``SFTGym`` batches are masked by ``prompt_lengths`` as in SFT.
+
+    - populations that share one frozen base model: :meth:`population` and :meth:`clone` (used by AgileRL's
+      ``TournamentSelection``) copy only the LoRA adapters and the optimizer state; every member's base
+      weights are the same tensors. (Under DeepSpeed ZeRO-3 or with a quantised base, AgileRL's full copy is
+      used instead.)
+    - mutable self-training knobs: ``lr``, ``temperature``, ``num_generations``, ``kl_coef``,
+      ``batch_size``, ``selection_threshold`` and ``selection_top_fraction`` can all be named in
+      ``hp_config``; a mutation takes effect at the next iteration (a mutation hook keeps them valid and
+      keeps the micro-batch size in step with ``batch_size``).
 
     Assumed: a causal LM with a chat template, right-padded training batches, LoRA training (AgileRL trains
     adapters only). The reward function is not part of the algorithm: it lives in the environment, so
@@ -67,6 +78,12 @@ class SelfSFT(SFT):
     :type vllm_config: agilerl.utils.llm_utils.VLLMConfig, optional
     :param max_model_len: longest prompt + completion vLLM accepts, defaults to 1024
     :type max_model_len: int, optional
+    :param selection_threshold: this agent's least reward for a sample to be kept, defaults to None (the
+        environment's ``threshold``); set it to mutate it
+    :type selection_threshold: float, optional
+    :param selection_top_fraction: this agent's share of samples kept by ``top_fraction`` selection, defaults
+        to None (the environment's); set it to mutate it
+    :type selection_top_fraction: float, optional
     """
 
     def __init__(
@@ -110,11 +127,16 @@ class SelfSFT(SFT):
         use_vllm: bool = False,
         vllm_config: Any | None = None,
         max_model_len: int = 1024,
+        selection_threshold: float | None = None,
+        selection_top_fraction: float | None = None,
     ) -> None:
         if not clone:
             # LoRA's A matrices are drawn from torch's global RNG, which is seeded at random per process:
             # seed it so the same seed gives the same adapters (and a resumed run equals an uninterrupted one).
             torch.manual_seed(seed)
+        # AgileRL's mutations keep each hyperparameter's current value inside hp_config: members must not
+        # share one (clones pass theirs in here, so every agent gets its own copy).
+        hp_config = copy.deepcopy(hp_config)
         super().__init__(
             pad_token_id=pad_token_id,
             pad_token=pad_token,
@@ -160,6 +182,14 @@ class SelfSFT(SFT):
         self.generation_batch_size = generation_batch_size
         self.kl_coef = kl_coef
         self.max_model_len = max_model_len
+        self.selection_threshold = selection_threshold
+        self.selection_top_fraction = selection_top_fraction
+        for name in ("selection_threshold", "selection_top_fraction"):
+            if hp_config is not None and name in hp_config and getattr(self, name) is None:
+                raise SelfSFTError(f"hp_config mutates {name}, but it is None: pass {name}=<start value> to SelfSFT")
+        # micro-batches follow batch_size when the user did not fix them (see _after_mutation)
+        self._micro_follows_batch = micro_batch_size_per_gpu is None and accelerator is None
+        self.register_mutation_hook(self._after_mutation)
         self.vllm_config = vllm_config
         self.use_vllm = use_vllm
         self.metrics.register("kl")
@@ -199,11 +229,92 @@ class SelfSFT(SFT):
         """No min-p filtering."""
         return 0.0
 
+    # ---- populations: one frozen base, per-member adapters ----
+    @classmethod
+    def population(  # type: ignore[override]
+        cls,
+        size: int,
+        accelerator: Accelerator | None = None,
+        device: str | torch.device = "cpu",
+        resume_from_checkpoint: str | None = None,
+        **kwargs: Any,
+    ) -> list[SelfSFT]:
+        """``size`` agents that share one frozen base model; each owns its LoRA adapters and optimizer.
+
+        Agent 0 is built from ``kwargs`` (as the constructor takes them); agents 1.. are its clones, so all
+        start from the same adapters and differ by their hyperparameters (mutations) and their samples.
+        (AgileRL 2.10.0's ``LLMAlgorithm.population`` copies the whole model per agent and rejects the
+        copies it passes to the constructor.)
+
+        :param size: number of agents, at least 1
+        :type size: int
+        :param accelerator: accelerate ``Accelerator`` (DeepSpeed) of agent 0, defaults to None
+        :type accelerator: Accelerator, optional
+        :param device: torch device, defaults to "cpu"
+        :type device: str, optional
+        :param resume_from_checkpoint: an AgileRL checkpoint loaded into agent 0 before cloning, defaults to None
+        :type resume_from_checkpoint: str, optional
+        :return: the agents, with indices 0..size-1
+        :rtype: list[SelfSFT]
+        """
+        if not isinstance(size, int) or size < 1:
+            raise SelfSFTError(f"a population needs at least 1 agent, got {size!r}")
+        first = cls(index=0, accelerator=accelerator, device=device, **kwargs)
+        if resume_from_checkpoint is not None:
+            first.load_checkpoint(resume_from_checkpoint)
+            first.use_adapter("actor")
+            first.index = 0
+        return [first] + [first.clone(index=i) for i in range(1, size)]
+
     def clone(self, index: int | None = None, wrap: bool = True) -> SelfSFT:
-        """AgileRL's clone, with the tokenizer re-attached (it is not part of the copied state)."""
+        """AgileRL's clone (adapters, optimizer state, hyperparameters), sharing this agent's frozen base.
+
+        The tokenizer is re-attached (it is not part of the copied state); ``_cloned_from`` records the parent.
+        """
         clone = super().clone(index=index, wrap=wrap)
         clone._tokenizer = self._tokenizer
+        clone._cloned_from = self.index  # lineage: whose samples (replay) the clone inherits
+        clone._micro_follows_batch = self._micro_follows_batch
         return clone
+
+    def _clone_actor_network(self) -> Any:
+        """The actor for a clone: a copy of the PEFT model whose frozen base weights *are* this agent's.
+
+        Only the LoRA tensors (names containing ``lora_``, and any ``modules_to_save``) are copied.
+        ZeRO-3 (partitioned weights), quantised bases and value heads fall back to AgileRL's full copy.
+        """
+        if (self.zero_stage or 0) >= 3 or self.quantization_config is not None or getattr(self, "use_value_head", False):
+            return super()._clone_actor_network()
+        actor = self._get_unwrapped_actor()
+        shared = {id(p): p for name, p in actor.named_parameters() if _is_base_weight(name)}
+        return copy.deepcopy(actor, memo=shared)
+
+    def _restore_clone_optimizer_and_scheduler(self, clone: SelfSFT) -> None:
+        """Give the clone a *copy* of this agent's optimizer state.
+
+        AgileRL hands the parent's ``state_dict()`` to the clone's ``load_state_dict``, which keeps same-device
+        tensors as they are: parent and clone (and every clone of one winner) would then step the same Adam
+        moments and step counters. A deep copy makes each member's optimizer its own.
+        """
+        if self.accelerator is not None:
+            return super()._restore_clone_optimizer_and_scheduler(clone)
+        clone.optimizer.optimizer.load_state_dict(copy.deepcopy(self.optimizer.optimizer.state_dict()))
+        if self.lr_scheduler is not None and clone.lr_scheduler is not None:
+            clone.lr_scheduler.load_state_dict(copy.deepcopy(self.lr_scheduler.state_dict()))
+
+    def _after_mutation(self) -> None:
+        """Mutation hook: keep mutated knobs valid; micro-batches follow a mutated ``batch_size``."""
+        self.num_generations = max(1, int(self.num_generations))
+        self.batch_size = max(1, int(self.batch_size))
+        self.temperature = max(float(self.temperature), 1e-3)
+        self.kl_coef = max(float(self.kl_coef), 0.0)
+        if self.selection_top_fraction is not None:
+            self.selection_top_fraction = min(max(float(self.selection_top_fraction), 1e-3), 1.0)
+        if getattr(self, "_micro_follows_batch", False):
+            self.batch_size_per_process = self.micro_batch_size_per_gpu = self.mini_batch_size = self.batch_size
+        for name in self.registry.hp_config or ():
+            # AgileRL mutates from the value it stored last; start the next mutation from the agent's own.
+            self.registry.hp_config[name].value = getattr(self, name)
 
     # ---- generation ----
     def generate(self, prompts: list[str | list[Message]], num_generations: int | None = None) -> list[list[str]]:
@@ -219,9 +330,17 @@ class SelfSFT(SFT):
         return self.sample(prompts, num_generations).texts
 
     def sample(
-        self, prompts: list[str | list[Message]], num_generations: int | None = None, greedy: bool = False
+        self,
+        prompts: list[str | list[Message]],
+        num_generations: int | None = None,
+        greedy: bool = False,
+        temperature: float | None = None,
     ) -> Generations:
-        """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each."""
+        """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each.
+
+        ``temperature`` overrides :attr:`temperature` for this call (evaluation samples every agent alike).
+        """
+        temperature = self.temperature if temperature is None else temperature
         if self._tokenizer is None:
             raise ValueError("SelfSFT needs a tokenizer to generate: pass tokenizer=... to the constructor")
         k = 1 if greedy else (num_generations or self.num_generations)
@@ -230,11 +349,11 @@ class SelfSFT(SFT):
         stop_ids = turn_end_token_ids(self._tokenizer)
         with self.select_adapter("actor"):
             if self.use_vllm:
-                return self._sample_vllm(texts, k, greedy, stop_ids)
+                return self._sample_vllm(texts, k, greedy, stop_ids, temperature)
             self.actor.eval()
             config = GenerationConfig(
-                do_sample=not greedy and self.temperature > 0,
-                temperature=self.temperature if not greedy and self.temperature > 0 else None,
+                do_sample=not greedy and temperature > 0,
+                temperature=temperature if not greedy and temperature > 0 else None,
                 top_p=self.top_p if not greedy else None,
                 top_k=self.top_k if not greedy else None,  # 0 = off (None would mean transformers' default, 50)
                 max_new_tokens=self.max_new_tokens,
@@ -245,7 +364,7 @@ class SelfSFT(SFT):
                 self.actor, self._tokenizer, texts, k, config, stop_ids, max_batch_rows=self.generation_batch_size
             )
 
-    def _sample_vllm(self, texts: list[str], k: int, greedy: bool, stop_ids: list[int]) -> Generations:  # pragma: no cover - GPU + vllm only
+    def _sample_vllm(self, texts: list[str], k: int, greedy: bool, stop_ids: list[int], temperature: float) -> Generations:  # pragma: no cover - GPU + vllm only
         import time
 
         start = time.perf_counter()
@@ -255,7 +374,7 @@ class SelfSFT(SFT):
         ]
         self._prepare_vllm_for_generation()
         completion_ids, _, _ = self._generate_with_vllm_colocate(
-            prompts, k, temperature=0.0 if greedy else self.temperature
+            prompts, k, temperature=0.0 if greedy else temperature
         )
         self._prepare_vllm_for_training()
         out = Generations(texts=[[] for _ in texts], finished=[[] for _ in texts])
@@ -352,3 +471,8 @@ class SelfSFT(SFT):
         picked = hidden[:, :-1, :][keep]
         with gather_if_ds_param(lm_head.weight, lm_head.bias):
             return F.linear(picked, lm_head.weight, lm_head.bias).float()
+
+
+def _is_base_weight(name: str) -> bool:
+    """Whether a PEFT model's parameter belongs to the frozen base (not to a LoRA adapter or a trained copy)."""
+    return "lora_" not in name and "modules_to_save" not in name

@@ -49,15 +49,16 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
     )
-    agent = SelfSFT(
-        pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
+    s = config.selection
+    pop = SelfSFT.population(
+        config.population, pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
         tokenizer=tokenizer, lora_config=lora, lr=config.lr, batch_size=config.batch_size,
         num_generations=config.num_generations, temperature=config.temperature, top_p=config.top_p,
         max_new_tokens=config.max_new_tokens, kl_coef=config.kl_coef, seed=config.seed,
+        selection_threshold=s.threshold, selection_top_fraction=s.top_fraction,
+        hp_config=_hp_config(config) if config.population > 1 else None,
         gradient_checkpointing=torch.cuda.is_available(),  # on CPU it only costs time at these sizes
     )
-    pop = [agent] + [agent.clone(index=i) for i in range(1, config.population)]
-    s = config.selection
     env = SelfSFTGym(
         train, held_out, tokenizer, config.reward, data_batch_size_per_gpu=config.batch_size,
         selection=s.strategy, threshold=s.threshold, top_k=s.top_k, top_fraction=s.top_fraction,
@@ -65,6 +66,32 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         seed=config.seed,
     )
     return pop, env
+
+
+def _hp_config(config: Config):  # noqa: ANN202 -- agilerl HyperparameterConfig
+    from agilerl.algorithms.core.registry import HyperparameterConfig, RLParameter
+
+    ints = ("num_generations", "batch_size")
+    return HyperparameterConfig(**{
+        name: RLParameter(min=int(lo) if name in ints else lo, max=int(hi) if name in ints else hi, dtype=int if name in ints else float)
+        for name, (lo, hi) in config.evolution.hp.items()
+    })
+
+
+def build_evolution(config: Config):  # noqa: ANN201 -- (TournamentSelection, Mutations) or (None, None)
+    """AgileRL's tournament selection and mutations for a population config (none for one agent)."""
+    from agilerl.hpo.mutation import Mutations
+    from agilerl.hpo.tournament import TournamentSelection
+
+    if config.population < 2:
+        return None, None
+    e = config.evolution
+    tournament = TournamentSelection(tournament_size=e.tournament_size, elitism=e.elitism, population_size=config.population)
+    mutation = Mutations(
+        no_mutation=e.no_mutation, architecture=e.architecture, new_layer_prob=0.0, parameters=e.parameters,
+        activation=e.activation, rl_hp=e.rl_hp, mutate_elite=e.mutate_elite, rand_seed=config.seed,
+    )
+    return tournament, mutation
 
 
 def train(config_path: str | Path, output: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Path:
@@ -84,6 +111,7 @@ def train(config_path: str | Path, output: str | Path | None = None, resume: boo
         if changed:
             raise SelfSFTError(f"cannot resume {out}: {', '.join(changed)} differ from the run's config.json")
     pop, env = build(config)
+    tournament, mutation = build_evolution(config)
     if overwrite and holds_run:
         shutil.rmtree(out)
     created = not out.exists()
@@ -95,7 +123,8 @@ def train(config_path: str | Path, output: str | Path | None = None, resume: boo
             prompts_per_iteration=config.prompts_per_iteration, sft_epochs=config.sft_epochs,
             eval_samples=config.eval_samples, eval_greedy=config.eval_greedy, checkpoint_path=out,
             keep_checkpoints=config.keep_checkpoints, seed=config.seed, resume=resume,
-            stop_after_empty=config.stop_after_empty,
+            stop_after_empty=config.stop_after_empty, tournament=tournament, mutation=mutation,
+            evo_steps=config.evolution.evo_steps, eval_temperature=config.temperature,
         )
     except SelfSFTError:
         if created and not (out / "checkpoints" / "latest").exists():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.models import EMBEDDED_NAME
@@ -49,6 +49,46 @@ class SelectionSettings(_Strict):
     replay_ratio: float = Field(0.5, ge=0)
 
 
+MUTABLE = ("lr", "temperature", "num_generations", "batch_size", "kl_coef", "selection_threshold", "selection_top_fraction")
+
+
+class EvolutionSettings(_Strict):
+    """Population search with AgileRL's ``TournamentSelection`` and ``Mutations`` (used when population > 1).
+
+    ``hp`` maps each hyperparameter to mutate to its ``[min, max]``; a mutation multiplies it by 0.8 or 1.2.
+    LLM agents take only ``rl_hp`` mutations: ``architecture``, ``parameters`` and ``activation`` must stay 0.
+    """
+
+    tournament_size: int = Field(2, ge=1)
+    elitism: bool = True
+    evo_steps: int = Field(1, ge=1, description="iterations between evolutions")
+    no_mutation: float = Field(0.4, ge=0)
+    rl_hp: float = Field(0.6, ge=0)
+    architecture: float = Field(0.0, ge=0)
+    parameters: float = Field(0.0, ge=0)
+    activation: float = Field(0.0, ge=0)
+    mutate_elite: bool = False
+    hp: dict[Literal[MUTABLE], tuple[float, float]] = {  # type: ignore[valid-type]
+        "lr": (1e-5, 1e-3), "temperature": (0.5, 1.2), "num_generations": (2, 8), "batch_size": (4, 32),
+    }
+
+    @model_validator(mode="after")
+    def _agilerl_accepts(self) -> EvolutionSettings:
+        bad = [f"{k}={getattr(self, k)}" for k in ("architecture", "parameters", "activation") if getattr(self, k)]
+        if bad:
+            raise ValueError(f"LLM agents only take rl_hp mutations; set {', '.join(bad)} to 0")
+        if not self.elitism:
+            raise ValueError("AgileRL's tournament needs elitism: true for LLM populations")
+        if self.no_mutation + self.rl_hp <= 0:
+            raise ValueError("no_mutation and rl_hp are both 0: give at least one a positive probability")
+        if self.rl_hp > 0 and not self.hp:
+            raise ValueError("rl_hp > 0 but hp names nothing to mutate")
+        for name, (lo, hi) in self.hp.items():
+            if not 0 <= lo <= hi:
+                raise ValueError(f"hp.{name} must be [min, max] with 0 <= min <= max, got [{lo}, {hi}]")
+        return self
+
+
 class Config(_Strict):
     """A self-training run."""
 
@@ -68,6 +108,7 @@ class Config(_Strict):
     kl_coef: float = Field(0.0, ge=0)
     lora: LoraSettings = LoraSettings()
     population: int = Field(1, ge=1)
+    evolution: EvolutionSettings = EvolutionSettings()
     eval_samples: int = Field(4, ge=1)
     eval_greedy: bool = True
     keep_checkpoints: int = Field(3, ge=1)
@@ -114,4 +155,6 @@ def _describe(exc: ValidationError) -> str:
         return f"unknown key {key!r}{hint}"
     if err["type"] == "missing":
         return f"missing required key {key!r}"
+    if err["type"] == "value_error":  # our own checks: the message says it all
+        return f"key {key!r}: {err['ctx']['error']}"
     return f"key {key!r}: {err['msg']} (got {err.get('input')!r})"

@@ -27,6 +27,11 @@ class SelfSFTGym:
     counting ``num_epochs``) when the buffer is used up. ``eval_mode()`` switches :attr:`prompts` to the
     held-out set.
 
+    With a population, every agent trains on its own samples: :meth:`refill` takes the agent's index and
+    keeps one replay memory per agent (:attr:`replays`); after a tournament, :meth:`inherit_replays` hands
+    each new member a copy of its parent's. The selection ``threshold`` and ``top_fraction`` given here are
+    defaults that an agent's own (mutable) values override.
+
     :param train_tasks: prompts to self-train on
     :type train_tasks: list[Task]
     :param eval_tasks: held-out prompts, never trained on
@@ -90,7 +95,8 @@ class SelfSFTGym:
         self.top_k = top_k
         self.top_fraction = top_fraction
         self.keep_truncated = keep_truncated
-        self.replay = ReplayBuffer(replay_capacity)
+        self.replay_capacity = replay_capacity
+        self.replays: dict[int, ReplayBuffer] = {}
         self.replay_ratio = replay_ratio
         self.max_context_length = max_context_length
         self.rng = np.random.default_rng(seed)
@@ -99,7 +105,9 @@ class SelfSFTGym:
         self.num_epochs = 0
         self._order: list[int] = []
         self._cursor = 0
+        self._rows = data_batch_size_per_gpu
         self._prompt_order: list[int] = []
+        ReplayBuffer(replay_capacity)  # checks the capacity now, not at the first refill
 
     # ---- prompts ----
     @property
@@ -141,23 +149,44 @@ class SelfSFTGym:
             for t, c, r, f in zip(flat_tasks, completions, rewards, finished, strict=True)
         ]
 
-    def refill(self, samples: list[Scored]) -> dict[str, float]:
+    def replay_for(self, member: int = 0) -> ReplayBuffer:
+        """The replay memory of agent ``member`` (created empty on first use)."""
+        if member not in self.replays:
+            self.replays[member] = ReplayBuffer(self.replay_capacity)
+        return self.replays[member]
+
+    def inherit_replays(self, lineage: dict[int, int]) -> None:
+        """After selection: agent ``new`` gets a copy of the replay memory of agent ``lineage[new]``."""
+        old = self.replays
+        self.replays = {}
+        for child, parent in lineage.items():
+            if parent in old:
+                self.replay_for(child).samples.extend(old[parent].samples)
+
+    def refill(
+        self, samples: list[Scored], member: int = 0, threshold: float | None = None, top_fraction: float | None = None
+    ) -> dict[str, float]:
         """Select from scored samples, mix in replayed past winners, and make them the training buffer.
 
+        :param samples: one agent's scored completions
+        :param member: that agent's index (whose replay memory is used), defaults to 0
+        :param threshold: the agent's selection threshold, defaults to None (:attr:`threshold`)
+        :param top_fraction: the agent's ``top_fraction``, defaults to None (:attr:`top_fraction`)
         :return: ``kept`` (new samples selected), ``replayed``, ``buffer`` (their total) and
             ``prompts_solved`` (distinct prompts with a kept sample)
         """
         kept = select(
             samples,
             strategy=self.selection,
-            threshold=self.threshold,
+            threshold=self.threshold if threshold is None else threshold,
             k=self.top_k,
-            fraction=self.top_fraction,
+            fraction=self.top_fraction if top_fraction is None else top_fraction,
             keep_truncated=self.keep_truncated,
             rng=self.rng,
         )
-        replayed = self.replay.draw(int(round(self.replay_ratio * len(kept))), exclude=kept, rng=self.rng)
-        self.replay.add(kept)
+        replay = self.replay_for(member)
+        replayed = replay.draw(int(round(self.replay_ratio * len(kept))), exclude=kept, rng=self.rng)
+        replay.add(kept)
         self.buffer = kept + replayed
         self._order, self._cursor = [], 0
         return {
@@ -173,10 +202,15 @@ class SelfSFTGym:
         """Batches in one pass over the buffer."""
         return -(-len(self.buffer) // self.data_batch_size_per_gpu)
 
-    def reset(self, reset_dataloaders: bool = False) -> dict[str, Any]:
-        """Shuffle the buffer and return its first batch."""
+    def reset(self, reset_dataloaders: bool = False, batch_size: int | None = None) -> dict[str, Any]:
+        """Shuffle the buffer and return its first batch.
+
+        :param batch_size: samples per batch from now on, defaults to None (``data_batch_size_per_gpu``);
+            the loop passes each agent's own (mutable) batch size
+        """
         if not self.buffer:
             raise SelfSFTError("the training buffer is empty: no sample passed the selection")
+        self._rows = batch_size or self.data_batch_size_per_gpu
         self._order = list(self.rng.permutation(len(self.buffer)))
         self._cursor = 0
         return self.step()
@@ -189,6 +223,6 @@ class SelfSFTGym:
             self._order = list(self.rng.permutation(len(self.buffer)))
             self._cursor = 0
             self.num_epochs += 1
-        rows = self._order[self._cursor : self._cursor + self.data_batch_size_per_gpu]
+        rows = self._order[self._cursor : self._cursor + self._rows]
         self._cursor += len(rows)
         return collate(self.tokenizer, [self.buffer[i].messages for i in rows], self.max_context_length)

@@ -11,20 +11,23 @@ if TYPE_CHECKING:
     from agilerl_selfsft.env import SelfSFTGym
 
 
-def evaluate(agent: SelfSFT, env: SelfSFTGym, num_samples: int = 4, greedy: bool = True) -> dict[str, float]:
+def evaluate(
+    agent: SelfSFT, env: SelfSFTGym, num_samples: int = 4, greedy: bool = True, temperature: float | None = None
+) -> dict[str, float]:
     """Score the agent on the environment's held-out prompts.
 
     :param agent: the policy
     :param env: holds the held-out prompts and the reward
-    :param num_samples: completions sampled per prompt at the agent's training temperature, defaults to 4
+    :param num_samples: completions sampled per prompt, defaults to 4
     :param greedy: also score one greedy completion per prompt, defaults to True
+    :param temperature: sampling temperature, defaults to None (the agent's)
     :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward),
         ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
         sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``
     """
     with env.eval_mode():
         tasks = env.prompts
-    sampled = agent.sample([t.messages for t in tasks], num_generations=num_samples)
+    sampled = agent.sample([t.messages for t in tasks], num_generations=num_samples, temperature=temperature)
     scored = env.score(tasks, sampled)
     rewards = np.array([s.reward for s in scored])
     solved = {s.prompt_id for s in scored if s.reward >= env.threshold}

@@ -25,7 +25,7 @@ from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.selection import Scored
 
 STATE_FILE = "run_state.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def env_state(env: Any) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def env_state(env: Any) -> dict[str, Any]:
     return {
         "rng": env.rng.bit_generator.state,
         "prompt_order": [int(i) for i in env._prompt_order],
-        "replay": [asdict(s) for s in env.replay.samples],
+        "replays": {str(member): [asdict(s) for s in buf.samples] for member, buf in env.replays.items()},
         "num_epochs": env.num_epochs,
     }
 
@@ -42,13 +42,14 @@ def restore_env(env: Any, state: dict[str, Any]) -> None:
     """Put back what :func:`env_state` saved."""
     env.rng.bit_generator.state = state["rng"]
     env._prompt_order = list(state["prompt_order"])
-    env.replay.samples.clear()
-    env.replay.samples.extend(Scored(**s) for s in state["replay"])
+    env.replays = {}
+    for member, samples in state["replays"].items():
+        env.replay_for(int(member)).samples.extend(Scored(**s) for s in samples)
     env.num_epochs = state["num_epochs"]
     env.buffer, env._order, env._cursor = [], [], 0
 
 
-def write_state(folder: Path, iteration: int, env: Any, pop: list[Any]) -> None:
+def write_state(folder: Path, iteration: int, env: Any, pop: list[Any], mutation: Any | None = None) -> None:
     """Write ``run_state.json`` (and each member's checkpoint when there are several) into ``folder``."""
     if len(pop) > 1:
         for agent in pop:
@@ -57,7 +58,12 @@ def write_state(folder: Path, iteration: int, env: Any, pop: list[Any]) -> None:
         "format_version": FORMAT_VERSION,
         "iteration": iteration,
         "env": env_state(env),
-        "members": [{"index": a.index, "fitness": [float(f) for f in a.fitness]} for a in pop],
+        "members": [
+            {"index": a.index, "fitness": [float(f) for f in a.fitness], "parent": getattr(a, "_cloned_from", None),
+             "mutation": getattr(a, "mut", None)}
+            for a in pop
+        ],
+        "mutation_rng": mutation.rng.bit_generator.state if mutation is not None else None,
         "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
         "numpy_rng": _numpy_global_state(),  # AgileRL's tournament and mutations draw from np.random
     }
@@ -82,7 +88,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     return read_versioned_json(folder / STATE_FILE, FORMAT_VERSION, f"cannot resume from {folder}")
 
 
-def restore(folder: Path, env: Any, pop: list[Any]) -> int:
+def restore(folder: Path, env: Any, pop: list[Any], mutation: Any | None = None) -> int:
     """Load every member's adapters and optimizer, the environment and the torch random state.
 
     :return: the iteration the checkpoint completed
@@ -99,7 +105,10 @@ def restore(folder: Path, env: Any, pop: list[Any]) -> int:
         agent.load_checkpoint(str(path), load_optimizer=True)
         agent.use_adapter("actor")  # AgileRL leaves the last loaded adapter active
         agent.fitness = member["fitness"]
+        agent._cloned_from, agent.mut = member["parent"], member["mutation"]
     restore_env(env, state["env"])
+    if mutation is not None and state.get("mutation_rng") is not None:
+        mutation.rng.bit_generator.state = state["mutation_rng"]
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch_rng"])), dtype=torch.uint8))
     name, keys, pos, has_gauss, cached = state["numpy_rng"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

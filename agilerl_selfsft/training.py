@@ -45,13 +45,19 @@ def finetune_llm_selfsft(
     verbose: bool = True,
     resume: bool = False,
     stop_after_empty: int | None = None,
+    eval_temperature: float | None = None,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
     Each iteration, for every agent: sample K completions for ``prompts_per_iteration`` train prompts,
     score them, select the best into the environment's buffer, train ``sft_epochs`` passes over it, and
-    evaluate on the held-out prompts (the fitness). Then the best agent is checkpointed and, every
-    ``evo_steps`` iterations, the population is evolved with ``tournament`` and ``mutation``.
+    evaluate on the held-out prompts (the fitness). Then, every ``evo_steps`` iterations, the population is
+    evolved with ``tournament`` and ``mutation``, and the best agent is checkpointed.
+
+    Every agent trains on its own data: all agents see the same prompts, but each samples, selects, replays
+    and learns from its own completions, at its own (mutable) K, temperature, selection threshold /
+    top fraction, batch size, lr and KL coefficient. Fitness is the held-out reward, sampled at one
+    ``eval_temperature`` for all agents, so a mutated sampling temperature cannot buy fitness.
 
     Iteration 0 is the starting policy, evaluated before any training.
 
@@ -76,17 +82,21 @@ def finetune_llm_selfsft(
     :param verbose: stage logs and progress bars, defaults to True
     :param stop_after_empty: stop with a :class:`SelfSFTError` when no sample passes the selection for
         this many iterations in a row (finished iterations stay checkpointed), defaults to None (keep going)
+    :param eval_temperature: temperature of the held-out samples (the fitness), defaults to None (the first
+        agent's temperature at the start)
     :param resume: continue the run in ``checkpoint_path`` from its last complete iteration (adapters,
         optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
         The result equals that of an uninterrupted run with the same seed. Defaults to False
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
+    _check_population(pop, tournament, mutation)
+    eval_temperature = eval_temperature or pop[0].temperature
     run_dir = Path(checkpoint_path) if checkpoint_path is not None else None
     history: list[dict[str, Any]] = []
     done = -1  # the last complete iteration
     latest = run_dir / "checkpoints" / "latest" if run_dir is not None else None
     if resume and latest is not None and latest.exists():
-        done = restore(latest.resolve(), env, pop)
+        done = restore(latest.resolve(), env, pop, mutation)
         history = [row for row in read_metrics(run_dir) if row["iteration"] <= done]
         _info(verbose, "[SelfSFT] Resuming after iteration %d from %s", done, latest.resolve())
     if run_dir is not None:
@@ -109,7 +119,7 @@ def finetune_llm_selfsft(
         tag = f"[SelfSFT 0/{iterations}]"
         _info(verbose, "%s [Stage 5] Evaluating the base policy on %d held-out prompts...", tag, len(env.eval_tasks))
         torch.manual_seed(seed)
-        base_eval = evaluate(pop[0], env, eval_samples, eval_greedy)
+        base_eval = evaluate(pop[0], env, eval_samples, eval_greedy, temperature=eval_temperature)
         for agent in pop:
             agent.metrics.add_fitness(base_eval["eval_reward"])
         _info(verbose, "%s Evaluation completed. Average reward: %.4f (greedy %.4f)", tag, base_eval["eval_reward"], base_eval["eval_reward_greedy"])
@@ -132,17 +142,18 @@ def finetune_llm_selfsft(
             scored = env.score(tasks, generations)
             train_reward = float(np.mean([s.reward for s in scored]))
             # 3. select and refill
-            stats = env.refill(scored)
+            stats = env.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction)
             _info(verbose, "%s [Stage 3] Train reward %.4f. Keeping %d example(s) after reward-based filtering (%d prompts solved, %d replayed).", who, train_reward, stats["kept"], stats["prompts_solved"], stats["replayed"])
             # 4. learn
             learn = {"loss": None, "kl": None, "steps": 0}
             if stats["buffer"] == 0:
                 _info(verbose, "%s [Stage 4] Nothing passed the filter: skipping training this iteration.", who)
             else:
-                steps = sft_epochs * env.num_batches
-                _info(verbose, "%s [Stage 4] Training on %d example(s): %d epoch(s), %d step(s) of batch %d.", who, stats["buffer"], sft_epochs, steps, env.data_batch_size_per_gpu)
+                rows = agent.batch_size_per_process
+                steps = sft_epochs * math.ceil(stats["buffer"] / rows)
+                _info(verbose, "%s [Stage 4] Training on %d example(s): %d epoch(s), %d step(s) of batch %d.", who, stats["buffer"], sft_epochs, steps, rows)
                 losses, kls = [], []
-                batch = env.reset()
+                batch = env.reset(batch_size=rows)
                 for _ in tqdm(range(steps), desc=f"{who} learn", leave=False, disable=not verbose):
                     out = agent.learn(batch)
                     crash_point("learn", iteration)
@@ -152,7 +163,7 @@ def finetune_llm_selfsft(
                 learn = {"loss": float(np.mean(losses)), "kl": float(np.mean(kls)), "steps": steps}
             # 5. evaluate
             _info(verbose, "%s [Stage 5] Evaluating on %d held-out prompts...", who, len(env.eval_tasks))
-            evaluation = evaluate(agent, env, eval_samples, eval_greedy)
+            evaluation = evaluate(agent, env, eval_samples, eval_greedy, temperature=eval_temperature)
             agent.metrics.add_fitness(evaluation["eval_reward"])
             _info(verbose, "%s [Stage 5] Evaluation completed. Average reward: %.4f (greedy %.4f)", who, evaluation["eval_reward"], evaluation["eval_reward_greedy"])
             members.append({
@@ -173,11 +184,13 @@ def finetune_llm_selfsft(
         if tournament is not None and mutation is not None and iteration % evo_steps == 0 and iteration < iterations:
             elite, pop, _ = tournament.select(pop)  # agilerl 2.10: (elite, population, _)
             pop = mutation.mutation(pop)
+            env.inherit_replays({a.index: a._cloned_from for a in pop})  # each child keeps its parent's replay
+            _info(verbose, "%s [Stage 6] Evolved: %s", tag, ", ".join(f"agent {a.index} <- {a._cloned_from} ({a.mut})" for a in pop))
         # 7. checkpoint the elite, with the run state
         if save_elite and run_dir is not None:
             path = save_iteration(
                 elite, run_dir, iteration, keep_checkpoints, info={"eval_reward": row["eval_reward"]},
-                extra=lambda folder: write_state(folder, iteration, env, pop),
+                extra=lambda folder: write_state(folder, iteration, env, pop, mutation),
             )
             _info(verbose, "%s [Stage 7] Checkpoint saved: %s", tag, path)
         if stop_after_empty is not None and empty_streak >= stop_after_empty:  # after this iteration is kept
@@ -196,7 +209,33 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _hp(agent: SelfSFT) -> dict[str, Any]:
-    return {"agent": agent.index, "lr": agent.lr, "temperature": agent.temperature, "num_generations": agent.num_generations, "kl_coef": agent.kl_coef, "batch_size": agent.batch_size}
+    return {
+        "agent": agent.index, "parent": getattr(agent, "_cloned_from", None), "mutation": getattr(agent, "mut", None),
+        "lr": agent.lr, "temperature": agent.temperature, "num_generations": agent.num_generations,
+        "kl_coef": agent.kl_coef, "batch_size": agent.batch_size,
+        "selection_threshold": agent.selection_threshold, "selection_top_fraction": agent.selection_top_fraction,
+    }
+
+
+def _check_population(pop: list[SelfSFT], tournament: Any, mutation: Any) -> None:
+    """Reject, before any work, a population or evolution setup that AgileRL would fail on later."""
+    if not pop:
+        raise SelfSFTError("the population is empty: pass at least one SelfSFT agent")
+    if len({a.index for a in pop}) != len(pop):
+        raise SelfSFTError(f"agents must have distinct indices, got {[a.index for a in pop]}")
+    if (tournament is None) != (mutation is None):
+        raise SelfSFTError("evolution needs both tournament and mutation (or neither)")
+    if tournament is None:
+        return
+    if not tournament.elitism:
+        raise SelfSFTError("TournamentSelection(elitism=False) is not supported for LLM populations: use elitism=True")
+    if tournament.population_size != len(pop):
+        raise SelfSFTError(f"TournamentSelection has population_size={tournament.population_size} but the population has {len(pop)} agents")
+    bad = {name: p for name, p in (("architecture", mutation.architecture_mut), ("parameters", mutation.parameters_mut), ("activation", mutation.activation_mut)) if p}
+    if bad:
+        raise SelfSFTError(f"LLM agents only take rl_hp mutations: set {', '.join(f'{k}=0 (got {v})' for k, v in bad.items())} in Mutations")
+    if mutation.rl_hp_mut and not any(a.registry.hp_config for a in pop):
+        raise SelfSFTError("Mutations(rl_hp>0) needs an hp_config on the agents naming what to mutate (e.g. lr, temperature)")
 
 
 def _clean(d: dict[str, float]) -> dict[str, Any]:

@@ -45,13 +45,13 @@ def setup(tmp_path_factory, tiny_model_factory, tokenizer) -> Path:
     return root
 
 
-def train(root: Path, out: str, *flags: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+def train(root: Path, out: str, *flags: str, crash_at: str | None = None, config: str = "config.yaml") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2"}
     env.pop("SELFSFT_CRASH_AT", None)
     if crash_at:
         env["SELFSFT_CRASH_AT"] = crash_at
     return subprocess.run(
-        [sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", "config.yaml", "--output", out, *flags],
+        [sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", config, "--output", out, *flags],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
     )
 
@@ -96,7 +96,7 @@ def test_killed_run_resumes_to_the_same_result(setup, uninterrupted, crash_at):
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     state = json.loads((setup / out / "checkpoints" / "latest" / "run_state.json").read_text())
     clean_state = json.loads((uninterrupted / "checkpoints" / "latest" / "run_state.json").read_text())
-    assert state["env"]["replay"] == clean_state["env"]["replay"]  # no kept sample lost or duplicated
+    assert state["env"]["replays"] == clean_state["env"]["replays"]  # no kept sample lost or duplicated
     assert sorted(p.name for p in (setup / out / "checkpoints").iterdir()) == ["iteration_0002", "iteration_0003", "latest"]
 
 
@@ -142,3 +142,26 @@ def test_sigterm_leaves_a_resumable_run(setup, uninterrupted):
     resumed = train(setup, "sigterm", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert comparable(setup / "sigterm") == comparable(uninterrupted)
+
+
+def test_killed_population_run_resumes_to_the_same_result(setup):
+    """Two agents evolving (tournament + lr/temperature/K mutations), killed while training in iteration 2."""
+    config = json.loads((setup / "config.yaml").read_text())
+    config.update(population=2, evolution={"tournament_size": 2, "no_mutation": 0.2, "rl_hp": 0.8, "mutate_elite": True,
+                                           "hp": {"lr": [1e-4, 1e-2], "temperature": [0.5, 1.5], "num_generations": [1, 4]}})
+    (setup / "pop.yaml").write_text(json.dumps(config))
+    clean = train(setup, "pop-clean", config="pop.yaml")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    crashed = train(setup, "pop-crash", config="pop.yaml", crash_at="learn:2")
+    assert crashed.returncode == -9
+    resumed = train(setup, "pop-crash", "--resume", config="pop.yaml")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert comparable(setup / "pop-crash") == comparable(setup / "pop-clean")
+    rows = read_metrics(setup / "pop-clean")
+    # each member's hyperparameters, lineage and fitness are recorded per generation; mutations happened
+    assert all(len(r["population"]) == 2 for r in rows)
+    members = [m for r in rows[1:] for m in r["population"]]
+    assert {"lr", "temperature", "num_generations", "parent", "mutation", "eval_reward"} <= set(members[0])
+    assert {m["mutation"] for m in rows[-1]["population"]} & {"lr", "temperature", "num_generations"}
+    latest = setup / "pop-crash" / "checkpoints" / "latest"
+    assert sorted(p.name for p in (latest / "population").iterdir()) == sorted(f"agent_{m['index']}" for m in json.loads((latest / "run_state.json").read_text())["members"])
