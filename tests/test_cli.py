@@ -111,6 +111,11 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
         ({"population": 0}, "key 'population': Input should be greater than or equal to 1"),
         ({"selection": {"strategy": "best"}}, "key 'selection.strategy': Input should be 'threshold', 'top_k', 'top_fraction' or 'random'"),
         ({"selection": {"treshold": 1}}, "unknown key 'selection.treshold'; did you mean 'threshold'?"),
+        ({"population": 2, "evolution": {"architecture": 0.2}}, "key 'evolution': LLM agents only take rl_hp mutations; set architecture=0.2 to 0"),
+        ({"population": 2, "evolution": {"elitism": False}}, "key 'evolution': AgileRL's tournament needs elitism: true"),
+        ({"population": 2, "evolution": {"no_mutation": 0, "rl_hp": 0}}, "no_mutation and rl_hp are both 0"),
+        ({"population": 2, "evolution": {"hp": {"lr": [1e-3, 1e-5]}}}, "hp.lr must be [min, max] with 0 <= min <= max"),
+        ({"population": 2, "evolution": {"hp": {"beta": [0, 1]}}}, "key 'evolution.hp.beta.[key]': Input should be 'lr', 'temperature'"),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys, overrides, expected):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 import pytest
 from agilerl.algorithms.core.registry import HyperparameterConfig, RLParameter
 from agilerl.hpo.mutation import Mutations
 from agilerl.hpo.tournament import TournamentSelection
 
-from agilerl_selfsft import SelfSFTGym, Task, evaluate, finetune_llm_selfsft
+from agilerl_selfsft import SelfSFTError, SelfSFTGym, Task, evaluate, finetune_llm_selfsft
 
 ROW_KEYS = {"iteration", "eval_reward", "eval_reward_greedy", "train_reward", "kept", "wall_seconds"}
 
@@ -152,3 +153,47 @@ def test_evaluate_scores_held_out_prompts_only(tiny_agent, tokenizer):
     assert not env.evaluation_mode
     no_greedy = evaluate(tiny_agent, env, num_samples=1, greedy=False)
     assert math.isnan(no_greedy["eval_reward_greedy"])
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ({"pop": 0}, "the population is empty"),
+        ({"mutation": {"architecture": 0.3}}, "LLM agents only take rl_hp mutations: set architecture=0 (got 0.3) in Mutations"),
+        ({"mutation": {"parameters": 0.1, "activation": 0.1}}, "set parameters=0 (got 0.1), activation=0 (got 0.1)"),
+        ({"elitism": False}, "TournamentSelection(elitism=False) is not supported"),
+        ({"tournament_size": 3}, "population_size=3 but the population has 2 agents"),
+        ({"no_hp": True}, "Mutations(rl_hp>0) needs an hp_config"),
+        ({"only_tournament": True}, "evolution needs both tournament and mutation"),
+    ],
+)
+def test_bad_evolution_setups_fail_before_any_work(make_agent, tokenizer, tmp_path, setup, expected):
+    hp_config = None if setup.get("no_hp") else HyperparameterConfig(lr=RLParameter(min=1e-4, max=1e-2))
+    first = make_agent(hp_config=hp_config)
+    pop = [first, first.clone(index=1)][: setup.get("pop", 2)]
+    probs = dict(no_mutation=0.5, architecture=0, new_layer_prob=0, parameters=0, activation=0, rl_hp=0.5)
+    probs.update(setup.get("mutation", {}))
+    tournament = TournamentSelection(tournament_size=2, elitism=setup.get("elitism", True), population_size=setup.get("tournament_size", 2))
+    mutation = None if setup.get("only_tournament") else Mutations(**probs, rand_seed=1)
+    with pytest.raises(SelfSFTError, match=re.escape(expected)):
+        finetune_llm_selfsft(pop, make_env(tokenizer, even_length), iterations=1, tournament=tournament,
+                             mutation=mutation, checkpoint_path=tmp_path / "run", verbose=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_population_members_train_on_their_own_samples(make_agent, tokenizer):
+    """Members with different K and batch size: own sample counts, own learning steps, own replay."""
+    first = make_agent()
+    pop = [first, first.clone(index=1)]
+    pop[1].num_generations, pop[1].batch_size = 3, 1
+    pop[1].mutation_hook()
+    env = SelfSFTGym(tasks(["one", "two", "three", "four"]), tasks(["six"]), tokenizer, even_length,
+                     data_batch_size_per_gpu=4, keep_truncated=True, replay_capacity=50, selection="top_k", top_k=1, threshold=0.0)
+    _, history = finetune_llm_selfsft(pop, env, iterations=1, prompts_per_iteration=4, sft_epochs=1, eval_samples=1, verbose=False)
+    a, b = history[1]["population"]
+    assert (a["gen_tokens"], b["gen_tokens"]) == (4 * 2 * 8, 4 * 3 * 8)  # K samples of max_new_tokens each
+    assert a["kept"] == b["kept"] == 4.0  # top_k=1: one per prompt, from each member's own samples
+    assert (a["learn_steps"], b["learn_steps"]) == (1, 4)  # batch 4 vs batch 1 over 4 samples
+    assert sorted(env.replays) == [0, 1]
+    own = {m: {s.completion for s in env.replays[m].samples} for m in (0, 1)}
+    assert own[0] != own[1] and len(own[0]) == len(own[1]) == 4
