@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -85,3 +86,55 @@ def test_another_lora_shape_names_the_fields(checkpoint, tokenizer, tiny_model_f
               gradient_checkpointing=False)
     with pytest.raises(SelfSFTError, match=r"another LoRA shape \(r: checkpoint 4 vs config 8; lora_alpha: checkpoint 8 vs config 16\)"):
         load_into(dpo, path)
+
+
+def _dpo(tokenizer, model):
+    return DPO(pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
+               lora_config=lora_config(), lr=3e-4, beta=0.2, batch_size=2, gradient_checkpointing=False)
+
+
+def test_the_plain_agilerl_recipe_works_and_plain_load_checkpoint_does_not(checkpoint, tokenizer, tiny_model_factory):
+    """What README documents for users who stay with AgileRL's own calls (pitfall 7 of agilerl 2.10.0)."""
+    selfsft, path = checkpoint
+    safe = _dpo(tokenizer, tiny_model_factory(0))
+    safe._load_model_checkpoint(str(path), overwrite_reference_adapter=True)
+    safe.use_adapter("actor")
+    safe.reinit_optimizers()
+    check_loaded(safe, selfsft)
+    assert (safe.algo, safe.beta, safe.lr) == ("DPO", 0.2, 3e-4)
+
+    unsafe = _dpo(tokenizer, tiny_model_factory(0))
+    unsafe.load_checkpoint(str(path))
+    # the upstream agent's settings replace DPO's, and the reference adapter is left active
+    assert unsafe.algo == "SFT" and unsafe.lr == selfsft.lr and unsafe.temperature == selfsft.temperature
+    assert unsafe._peft_model.active_adapter == "reference"
+
+
+def test_a_checkpoint_of_another_base_model_is_refused_and_nothing_changes(checkpoint, tokenizer, tiny_model_factory):
+    _, path = checkpoint
+    other = tiny_model_factory(1)
+    other.config._name_or_path = other.name_or_path = "/models/other-base"
+    dpo = _dpo(tokenizer, other)
+    before = adapter(dpo, "actor")
+    with pytest.raises(SelfSFTError, match=r"was trained from '.*', not 'other-base'"):
+        load_into(dpo, path)
+    assert all(torch.equal(adapter(dpo, "actor")[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("damage", ["no_manifest", "truncated_adapter"])
+def test_a_half_written_checkpoint_is_refused_and_nothing_changes(checkpoint, tokenizer, tiny_model_factory, tmp_path, damage):
+    _, path = checkpoint
+    half = tmp_path / ".iteration_0002.tmp"  # what a crash while saving leaves behind
+    shutil.copytree(path, half)
+    if damage == "no_manifest":
+        (half / "selfsft.json").unlink()
+        expected = "not a SelfSFT checkpoint: .*selfsft.json is missing"
+    else:
+        weights = half / "actor" / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+        expected = "is damaged: actor/adapter_model.safetensors does not match its manifest"
+    dpo = _dpo(tokenizer, tiny_model_factory(0))
+    before = adapter(dpo, "actor")
+    with pytest.raises(SelfSFTError, match=expected):
+        load_into(dpo, half)
+    assert all(torch.equal(adapter(dpo, "actor")[k], before[k]) for k in before)
