@@ -138,3 +138,12 @@ def test_a_half_written_checkpoint_is_refused_and_nothing_changes(checkpoint, to
     with pytest.raises(SelfSFTError, match=expected):
         load_into(dpo, half)
     assert all(torch.equal(adapter(dpo, "actor")[k], before[k]) for k in before)
+
+
+def test_a_peft_model_as_actor_network_is_rejected_by_agilerl(checkpoint, tokenizer, tiny_model_factory):
+    from peft import PeftModel
+
+    _, path = checkpoint
+    peft_model = PeftModel.from_pretrained(tiny_model_factory(0), str(path / "actor"))
+    with pytest.raises(Exception, match="manages its own LoRA adapters"):
+        _dpo(tokenizer, peft_model)
