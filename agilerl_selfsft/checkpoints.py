@@ -4,6 +4,10 @@ Each checkpoint is written into a hidden temporary folder and renamed into place
 relative symlink) is switched to it atomically, so ``latest`` only ever points at a complete checkpoint.
 Only the newest ``keep_last`` iterations are kept.
 
+With several processes (an accelerator on the agent) every rank takes part in writing the checkpoint
+(DeepSpeed writes each rank's optimizer shard into the same folder, so the run directory must be shared),
+while the main process alone does the bookkeeping: the temporary folder, the manifest, the renames.
+
 Every checkpoint carries ``selfsft.json``: format version, iteration, base model, LoRA shape and the
 SHA-256 of every file. :func:`verify_checkpoint` checks it before anything is loaded, so a truncated,
 changed or mismatched checkpoint is a clear error rather than a crash inside a loader.
@@ -21,6 +25,7 @@ from typing import Any
 
 from agilerl.utils.utils import save_llm_checkpoint
 
+from agilerl_selfsft.distributed import DataParallel
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.runstate import crash_point, read_versioned_json
 
@@ -44,13 +49,16 @@ def save_iteration(
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 (the checkpoint just written is kept), got {keep_last}")
+    dp = DataParallel(getattr(agent, "accelerator", None))
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"iteration_{iteration:04d}"
     final, tmp = root / name, root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if dp.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    dp.barrier()
     try:
-        _write(agent, tmp, iteration, info, extra)
+        _write(agent, tmp, iteration, info, extra, dp)
     except OSError as exc:  # disk full, quota, file-size limit…: the previous checkpoint is untouched
         shutil.rmtree(tmp, ignore_errors=True)
         previous = (root / "latest").resolve().name if (root / "latest").exists() else "none"
@@ -59,6 +67,14 @@ def save_iteration(
             f"the previous checkpoint ({previous}) is intact"
         ) from None
     crash_point("checkpoint", iteration)
+    if dp.is_main:
+        _publish(root, name, tmp, final, keep_last)
+    dp.barrier()  # no rank goes on (or reads ``latest``) before the checkpoint is in place
+    return final
+
+
+def _publish(root: Path, name: str, tmp: Path, final: Path, keep_last: int) -> None:
+    """Rename the finished temporary folder into place, point ``latest`` at it, drop old iterations."""
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -68,13 +84,17 @@ def save_iteration(
     link.symlink_to(name, target_is_directory=True)
     os.replace(link, root / "latest")
     _prune(root, keep_last)
-    return final
 
 
-def _write(agent: Any, tmp: Path, iteration: int, info: dict | None, extra: Callable[[Path], None] | None) -> None:
-    save_llm_checkpoint(agent, str(tmp))
+def _write(
+    agent: Any, tmp: Path, iteration: int, info: dict | None, extra: Callable[[Path], None] | None, dp: DataParallel
+) -> None:
+    save_llm_checkpoint(agent, str(tmp))  # every rank (DeepSpeed's save is collective); ends with a barrier
     if extra is not None:
-        extra(tmp)
+        extra(tmp)  # every rank too (a population's checkpoints are collective); it writes files on the main one
+    dp.barrier()
+    if not dp.is_main:
+        return
     manifest = {
         "format_version": FORMAT_VERSION,
         "iteration": iteration,

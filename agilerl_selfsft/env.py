@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from agilerl_selfsft.buffer import ReplayBuffer
 from agilerl_selfsft.chat import collate
+from agilerl_selfsft.distributed import shard_rows
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import Generations
 from agilerl_selfsft.rewards import WeightedReward, resolve_reward, score
@@ -60,6 +61,10 @@ class SelfSFTGym:
     :type max_context_length: int, optional
     :param seed: seed of the shuffles and of random selection, defaults to 42
     :type seed: int, optional
+    :param accelerator: with several processes, each batch holds the batch size (per process) times the
+        number of processes, and each process gets its own slice of it (as AgileRL's ``SFTGym`` shards its
+        dataloader); ``finetune_llm_selfsft`` sets it from the agents when left None, defaults to None
+    :type accelerator: accelerate.Accelerator, optional
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class SelfSFTGym:
         replay_ratio: float = 0.5,
         max_context_length: int | None = None,
         seed: int = 42,
+        accelerator: Any | None = None,
     ) -> None:
         if not train_tasks or not eval_tasks:
             raise SelfSFTError("SelfSFTGym needs at least one train and one held-out prompt")
@@ -108,6 +114,7 @@ class SelfSFTGym:
         self._rows = data_batch_size_per_gpu
         self._prompt_order: list[int] = []
         ReplayBuffer(replay_capacity)  # checks the capacity now, not at the first refill
+        self.accelerator = accelerator
 
     # ---- prompts ----
     @property
@@ -199,8 +206,12 @@ class SelfSFTGym:
     # ---- training batches (SFTGym's interface) ----
     @property
     def num_batches(self) -> int:
-        """Batches in one pass over the buffer."""
-        return -(-len(self.buffer) // self.data_batch_size_per_gpu)
+        """Batches in one pass over the buffer (with several processes, each batch is the processes' slices)."""
+        return -(-len(self.buffer) // (self._rows * self._world))
+
+    @property
+    def _world(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
 
     def reset(self, reset_dataloaders: bool = False, batch_size: int | None = None) -> dict[str, Any]:
         """Shuffle the buffer and return its first batch.
@@ -223,6 +234,8 @@ class SelfSFTGym:
             self._order = list(self.rng.permutation(len(self.buffer)))
             self._cursor = 0
             self.num_epochs += 1
-        rows = self._order[self._cursor : self._cursor + self._rows]
+        rows = self._order[self._cursor : self._cursor + self._rows * self._world]
         self._cursor += len(rows)
+        if self._world > 1:  # this process's slice; every rank draws the same rows (same random state)
+            rows = shard_rows(rows, self._world, self.accelerator.process_index)
         return collate(self.tokenizer, [self.buffer[i].messages for i in rows], self.max_context_length)

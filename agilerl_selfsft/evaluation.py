@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agilerl_selfsft.distributed import sample_scored
+
 if TYPE_CHECKING:
     from agilerl_selfsft.algorithm import SelfSFT
     from agilerl_selfsft.env import SelfSFTGym
@@ -15,6 +17,9 @@ def evaluate(
     agent: SelfSFT, env: SelfSFTGym, num_samples: int = 4, greedy: bool = True, temperature: float | None = None
 ) -> dict[str, float]:
     """Score the agent on the environment's held-out prompts.
+
+    With several processes (an accelerator on the agent) each one evaluates its share of the prompts and
+    every process returns the result over all of them.
 
     :param agent: the policy
     :param env: holds the held-out prompts and the reward
@@ -27,8 +32,7 @@ def evaluate(
     """
     with env.eval_mode():
         tasks = env.prompts
-    sampled = agent.sample([t.messages for t in tasks], num_generations=num_samples, temperature=temperature)
-    scored = env.score(tasks, sampled)
+    scored, sampled = sample_scored(agent, env, tasks, num_samples, temperature=temperature)  # sharded over processes
     rewards = np.array([s.reward for s in scored])
     solved = {s.prompt_id for s in scored if s.reward >= env.threshold}
     result = {
@@ -39,8 +43,8 @@ def evaluate(
         "eval_seconds": sampled.seconds,
     }
     if greedy:
-        decoded = agent.sample([t.messages for t in tasks], greedy=True)
-        result["eval_reward_greedy"] = float(np.mean([s.reward for s in env.score(tasks, decoded)]))
+        scored_greedy, decoded = sample_scored(agent, env, tasks, greedy=True)
+        result["eval_reward_greedy"] = float(np.mean([s.reward for s in scored_greedy]))
         result["eval_tokens"] += decoded.num_tokens
         result["eval_seconds"] += decoded.seconds
     return result

@@ -50,10 +50,17 @@ def restore_env(env: Any, state: dict[str, Any]) -> None:
 
 
 def write_state(folder: Path, iteration: int, env: Any, pop: list[Any], mutation: Any | None = None) -> None:
-    """Write ``run_state.json`` (and each member's checkpoint when there are several) into ``folder``."""
+    """Write ``run_state.json`` (and each member's checkpoint when there are several) into ``folder``.
+
+    Called on every process of a multi-process run; only the main one writes ``run_state.json`` (the
+    torch random state saved is its own: the loop reseeds every process at each iteration).
+    """
     if len(pop) > 1:
         for agent in pop:
             agent.save_checkpoint(str(folder / "population" / f"agent_{agent.index}"))
+    accelerator = getattr(pop[0], "accelerator", None)
+    if accelerator is not None and not accelerator.is_main_process:
+        return
     state = {
         "format_version": FORMAT_VERSION,
         "iteration": iteration,

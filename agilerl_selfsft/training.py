@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from agilerl_selfsft.algorithm import SelfSFT
 from agilerl_selfsft.checkpoints import save_iteration
+from agilerl_selfsft.distributed import check_supported, sample_scored
 from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.evaluation import evaluate
@@ -46,6 +47,7 @@ def finetune_llm_selfsft(
     resume: bool = False,
     stop_after_empty: int | None = None,
     eval_temperature: float | None = None,
+    accelerator: Any | None = None,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
@@ -87,10 +89,17 @@ def finetune_llm_selfsft(
     :param resume: continue the run in ``checkpoint_path`` from its last complete iteration (adapters,
         optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
         The result equals that of an uninterrupted run with the same seed. Defaults to False
+    :param accelerator: the accelerate ``Accelerator`` (DeepSpeed plugin) the agents were built with, for a
+        multi-process launch (see docs_distributed.md: prompts are sharded over processes and the results
+        gathered, every process ends with the same adapters and metrics), defaults to None (the agents' own)
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
     _check_population(pop, tournament, mutation)
     eval_temperature = eval_temperature or pop[0].temperature
+    dp = check_supported(pop, accelerator if accelerator is not None else pop[0].accelerator)
+    verbose = verbose and dp.is_main
+    if dp.enabled and getattr(env, "accelerator", None) is None:
+        env.accelerator = dp.accelerator  # each process trains on its slice of every batch
     run_dir = Path(checkpoint_path) if checkpoint_path is not None else None
     history: list[dict[str, Any]] = []
     done = -1  # the last complete iteration
@@ -100,15 +109,17 @@ def finetune_llm_selfsft(
         history = [row for row in read_metrics(run_dir) if row["iteration"] <= done]
         _info(verbose, "[SelfSFT] Resuming after iteration %d from %s", done, latest.resolve())
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_lines(run_dir / "metrics.jsonl", history)  # drops rows of an iteration that did not finish
-    wandb_run = _init_wandb(wb, wandb_api_key, init_hp)
+        if dp.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_lines(run_dir / "metrics.jsonl", history)  # drops rows of an iteration that did not finish
+        dp.barrier()  # every rank has read the old metrics before they are rewritten
+    wandb_run = _init_wandb(wb and dp.is_main, wandb_api_key, init_hp)
     start = time.perf_counter() - (history[-1]["wall_seconds"] if history else 0.0)
 
     def record(row: dict[str, Any]) -> None:
-        row["wall_seconds"] = round(time.perf_counter() - start, 2)
+        row["wall_seconds"] = dp.broadcast(round(time.perf_counter() - start, 2))  # the main process's clock
         history.append(row)
-        if run_dir is not None:
+        if run_dir is not None and dp.is_main:
             with open(run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row, allow_nan=False, default=_jsonable) + "\n")
         if wandb_run is not None:
@@ -118,7 +129,7 @@ def finetune_llm_selfsft(
     if done < 0:
         tag = f"[SelfSFT 0/{iterations}]"
         _info(verbose, "%s [Stage 5] Evaluating the base policy on %d held-out prompts...", tag, len(env.eval_tasks))
-        torch.manual_seed(seed)
+        torch.manual_seed(dp.rank_seed(seed))
         base_eval = evaluate(pop[0], env, eval_samples, eval_greedy, temperature=eval_temperature)
         for agent in pop:
             agent.metrics.add_fitness(base_eval["eval_reward"])
@@ -131,15 +142,14 @@ def finetune_llm_selfsft(
         tasks = env.sample_prompts(prompts_per_iteration)
         members = []
         for agent in pop:
-            torch.manual_seed(seed + iteration * 1000 + agent.index)
+            torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
             who = f"{tag}" + (f" [agent {agent.index}]" if len(pop) > 1 else "")
             # 1. generate
             _info(verbose, "%s [Stage 1] Sampling %d completions for each of %d prompts (T=%.2f)...", who, agent.num_generations, len(tasks), agent.temperature)
-            generations = agent.sample([t.messages for t in tasks])
+            scored, generations = sample_scored(agent, env, tasks)  # 1-2: each process its share, gathered
             crash_point("generate", iteration)
             _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens, generations.seconds, generations.num_tokens / max(generations.seconds, 1e-9))
-            # 2. score
-            scored = env.score(tasks, generations)
+            # 2. score (done above)
             train_reward = float(np.mean([s.reward for s in scored]))
             # 3. select and refill
             stats = env.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction)
@@ -150,7 +160,7 @@ def finetune_llm_selfsft(
                 _info(verbose, "%s [Stage 4] Nothing passed the filter: skipping training this iteration.", who)
             else:
                 rows = agent.batch_size_per_process
-                steps = sft_epochs * math.ceil(stats["buffer"] / rows)
+                steps = sft_epochs * math.ceil(stats["buffer"] / (rows * dp.world))  # a batch: every process's rows
                 _info(verbose, "%s [Stage 4] Training on %d example(s): %d epoch(s), %d step(s) of batch %d.", who, stats["buffer"], sft_epochs, steps, rows)
                 losses, kls = [], []
                 batch = env.reset(batch_size=rows)
@@ -160,7 +170,7 @@ def finetune_llm_selfsft(
                     losses.append(out["loss"])
                     kls.append(out["kl"])
                     batch = env.step()
-                learn = {"loss": float(np.mean(losses)), "kl": float(np.mean(kls)), "steps": steps}
+                learn = {"loss": dp.mean(float(np.mean(losses))), "kl": dp.mean(float(np.mean(kls))), "steps": steps}
             # 5. evaluate
             _info(verbose, "%s [Stage 5] Evaluating on %d held-out prompts...", who, len(env.eval_tasks))
             evaluation = evaluate(agent, env, eval_samples, eval_greedy, temperature=eval_temperature)

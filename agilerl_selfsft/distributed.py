@@ -1,0 +1,157 @@
+"""Data-parallel self-training across the processes of an accelerate + DeepSpeed launch.
+
+The semantics (every rank ends each iteration with the same adapters, buffer and metrics):
+
+- **Prompts are sharded, samples are gathered.** Every rank draws the same prompts (the environment's random
+  state is the same everywhere), generates and scores only its contiguous share of them, and then all
+  scored samples are gathered onto every rank, in prompt order. Selection and the training buffer are
+  therefore identical on all ranks. Held-out evaluation is sharded and gathered the same way.
+- **Each rank trains on its slice of each batch.** A training batch holds ``data_batch_size_per_gpu ×
+  processes`` samples; rank ``r`` trains on the ``r``-th slice and DeepSpeed averages the gradients, so
+  the adapters stay equal. The last batch of a pass is padded (with its own first samples, as PyTorch's
+  ``DistributedSampler`` does) so every rank makes the same number of optimizer steps.
+- Losses are averaged over ranks, token counts summed, timings are the slowest rank's; the run's
+  ``metrics.jsonl`` and checkpoint bookkeeping are written by the main process only (the DeepSpeed part of
+  a checkpoint is written by every rank into the same folder: the run directory must be shared).
+
+Without an accelerator (or with one process) every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.generation import Generations
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from agilerl_selfsft.env import SelfSFTGym
+    from agilerl_selfsft.selection import Scored
+    from agilerl_selfsft.tasks import Task
+
+# Generation seeds of rank r are offset by r × this, so ranks never share a random stream.
+RANK_SEED_STRIDE = 1_000_003
+
+
+class DataParallel:
+    """Rank, world size and the few collectives the loop needs, for an optional accelerator."""
+
+    def __init__(self, accelerator: Accelerator | None = None) -> None:
+        self.accelerator = accelerator
+        self.world = accelerator.num_processes if accelerator is not None else 1
+        self.rank = accelerator.process_index if accelerator is not None else 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def rank_seed(self, seed: int) -> int:
+        """``seed`` for this rank: unchanged on the main process, offset on the others."""
+        return seed + self.rank * RANK_SEED_STRIDE
+
+    def barrier(self) -> None:
+        if self.enabled:
+            self.accelerator.wait_for_everyone()
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` items (the first ``n % world`` ranks get one more)."""
+        if not self.enabled:
+            return slice(0, n)
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (1 if self.rank < extra else 0))
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every rank's ``items``, concatenated in rank order, on every rank."""
+        if not self.enabled:
+            return list(items)
+        from accelerate.utils import gather_object
+
+        return gather_object(list(items))
+
+    def broadcast(self, obj: Any) -> Any:
+        """The main process's ``obj``, on every rank."""
+        if not self.enabled:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over ranks (the same float on every rank)."""
+        if not self.enabled:
+            return value
+        values = self.gather([value])
+        return sum(values) / len(values)
+
+
+def check_supported(pop: list[Any], accelerator: Accelerator | None) -> DataParallel:
+    """The :class:`DataParallel` of a run, after checking that its agents and launch can run together."""
+    for agent in pop:
+        if agent.accelerator is not accelerator:
+            raise SelfSFTError(
+                "every agent must be built with the accelerator passed to finetune_llm_selfsft "
+                "(SelfSFT(..., accelerator=accelerator))"
+            )
+    dp = DataParallel(accelerator)
+    if dp.enabled:
+        if getattr(pop[0], "zero_stage", None) == 3:
+            raise SelfSFTError(
+                "DeepSpeed ZeRO-3 is not supported with several processes: each rank generates for its own "
+                "prompts, which ZeRO-3's sharded forward passes cannot do; use ZeRO stage 0, 1 or 2"
+            )
+        if len(pop) > 1:
+            raise SelfSFTError("populations are not supported with several processes yet: train one agent per launch")
+        if any(getattr(agent, "use_vllm", False) for agent in pop):
+            raise SelfSFTError("use_vllm is not supported with several processes yet: use Hugging Face generation")
+    return dp
+
+
+def sample_scored(
+    agent: Any,
+    env: SelfSFTGym,
+    tasks: list[Task],
+    num_generations: int | None = None,
+    greedy: bool = False,
+    temperature: float | None = None,
+) -> tuple[list[Scored], Generations]:
+    """Sample and score completions for ``tasks`` (arguments as :meth:`SelfSFT.sample`), each rank doing its
+    share; all ranks get every result.
+
+    :return: the scored samples in the order of ``tasks`` (K per task) and the generations of all ranks
+        (``texts``/``finished`` in task order, ``num_tokens`` summed, ``seconds`` of the slowest rank)
+    """
+    dp = DataParallel(getattr(agent, "accelerator", None))
+    mine = tasks[dp.shard(len(tasks))]
+    if mine:
+        generations = agent.sample([t.messages for t in mine], num_generations, greedy=greedy, temperature=temperature)
+        scored = env.score(mine, generations)
+    else:  # more ranks than tasks
+        generations, scored = Generations(), []
+    if not dp.enabled:
+        return scored, generations
+    parts = dp.gather([(scored, generations)])
+    merged = Generations(
+        texts=[t for _, g in parts for t in g.texts],
+        finished=[f for _, g in parts for f in g.finished],
+        num_tokens=sum(g.num_tokens for _, g in parts),
+        seconds=max(g.seconds for _, g in parts),
+    )
+    return [s for part, _ in parts for s in part], merged
+
+
+def shard_rows(rows: list[int], world: int, rank: int) -> list[int]:
+    """Rank ``rank``'s slice of one global batch, padded with its first rows to a multiple of ``world``."""
+    if world <= 1 or not rows:
+        return rows
+    padded = list(rows)
+    while len(padded) % world:
+        padded.append(rows[(len(padded) - len(rows)) % len(rows)])
+    per = len(padded) // world
+    return padded[rank * per : (rank + 1) * per]
