@@ -360,11 +360,8 @@ class SelfSFT(SFT):
                 eos_token_id=stop_ids,
                 pad_token_id=self.pad_token_id,
             )
-            # The PeftModel itself, not the DeepSpeed engine around it under an accelerator (ZeRO <= 2 keeps
-            # whole weights on every rank, so generation is local to each process).
             return hf_generate(
-                self._get_unwrapped_actor(), self._tokenizer, texts, k, config, stop_ids,
-                max_batch_rows=self.generation_batch_size,
+                self.actor, self._tokenizer, texts, k, config, stop_ids, max_batch_rows=self.generation_batch_size
             )
 
     def _sample_vllm(self, texts: list[str], k: int, greedy: bool, stop_ids: list[int], temperature: float) -> Generations:  # pragma: no cover - GPU + vllm only
