@@ -99,15 +99,20 @@ def check_supported(pop: list[Any], accelerator: Accelerator | None) -> DataPara
                 "every agent must be built with the accelerator passed to finetune_llm_selfsft "
                 "(SelfSFT(..., accelerator=accelerator))"
             )
+    if accelerator is not None and len(pop) > 1:
+        # accelerate wires only the first DeepSpeed engine it prepares into Accelerator.backward
+        # (deepspeed_engine_wrapped): every other agent's loss would go through that engine and fail.
+        raise SelfSFTError(
+            "populations are not supported with an accelerator: accelerate sends every backward pass to the "
+            "first DeepSpeed engine it prepared, so only one agent could train; train one agent per launch"
+        )
     dp = DataParallel(accelerator)
     if dp.enabled:
         if getattr(pop[0], "zero_stage", None) == 3:
             raise SelfSFTError(
-                "DeepSpeed ZeRO-3 is not supported with several processes: each rank generates for its own "
-                "prompts, which ZeRO-3's sharded forward passes cannot do; use ZeRO stage 0, 1 or 2"
+                "DeepSpeed ZeRO-3 is not supported with several processes: each process generates for its own "
+                "prompts, which ZeRO-3's collective forward passes do not allow; use ZeRO stage 0, 1 or 2"
             )
-        if len(pop) > 1:
-            raise SelfSFTError("populations are not supported with several processes yet: train one agent per launch")
         if any(getattr(agent, "use_vllm", False) for agent in pop):
             raise SelfSFTError("use_vllm is not supported with several processes yet: use Hugging Face generation")
     return dp

@@ -4,7 +4,8 @@ Builds the tiny Llama of ``conftest.py`` (the real SmolLM2 tokenizer, random wei
 ``Accelerator`` with a DeepSpeed ZeRO-2 plugin (gloo on CPU, NCCL on GPUs), runs ``finetune_llm_selfsft``
 for two iterations and writes what this rank ended with to ``OUT/rank_<r>.json``: digests of the actor
 adapters before and after, the metrics, the training buffer, and a digest of the saved checkpoint's
-adapters. ``tests/test_distributed.py`` compares the ranks.
+adapters; then the same run again, stopped after one iteration and resumed from its checkpoint by fresh
+agents. ``tests/test_distributed.py`` compares the ranks, and the resumed run with the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -61,11 +62,7 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def main(out: Path) -> None:
-    torch.set_num_threads(1)
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ZERO2), kwargs_handlers=handlers)
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
+def build(accelerator: Accelerator, tokenizer) -> tuple[SelfSFT, SelfSFTGym]:
     torch.manual_seed(0)  # the same base weights on every rank (DeepSpeed also broadcasts rank 0's)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -78,15 +75,33 @@ def main(out: Path) -> None:
         batch_size=2 * accelerator.num_processes,  # the global batch; AgileRL gives each process 2
         lr=1e-2, max_new_tokens=8, gradient_checkpointing=False, num_generations=2, accelerator=accelerator,
     )
-    initial = digest(adapter_weights(agent))
-    # the tiny random model never ends a turn on its own: keep its truncated samples
+    # the tiny random model never ends a turn on its own: keep its truncated samples; replay carries state
+    # from one iteration to the next (and through a resume)
     env = SelfSFTGym(tasks(["one", "two", "three", "four", "five"]), tasks(["six", "seven", "eight"], start=5),
-                     tokenizer, even_length, data_batch_size_per_gpu=2, keep_truncated=True, accelerator=accelerator)
-    start = time.perf_counter()
+                     tokenizer, even_length, data_batch_size_per_gpu=2, keep_truncated=True, replay_capacity=8,
+                     replay_ratio=1.0, accelerator=accelerator)
+    return agent, env
+
+
+def run(agent: SelfSFT, env: SelfSFTGym, run_dir: Path, iterations: int, resume: bool = False) -> list[dict]:
     _, history = finetune_llm_selfsft(
-        [agent], env, iterations=2, prompts_per_iteration=5, sft_epochs=1, eval_samples=2,
-        checkpoint_path=out / "run", verbose=False, accelerator=accelerator,
+        [agent], env, iterations=iterations, prompts_per_iteration=5, sft_epochs=1, eval_samples=2,
+        checkpoint_path=run_dir, verbose=False, resume=resume, accelerator=agent.accelerator,
     )
+    return history
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ZERO2), kwargs_handlers=handlers)
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+
+    # 1. two iterations in one go
+    agent, env = build(accelerator, tokenizer)
+    initial = digest(adapter_weights(agent))
+    start = time.perf_counter()
+    history = run(agent, env, out / "run", iterations=2)
     seconds = time.perf_counter() - start
     saved = load_file(str(out / "run" / "checkpoints" / "latest" / "actor" / "adapter_model.safetensors"))
     result = {
@@ -102,6 +117,18 @@ def main(out: Path) -> None:
         "buffer": [[s.prompt_id, s.completion] for s in env.buffer],
         "seconds": seconds,
     }
+
+    # 2. the same run stopped after one iteration, then resumed by fresh agents from its checkpoint. An
+    # Accelerator sends every backward pass to the first DeepSpeed engine it prepared, so each agent is
+    # cleaned up (which releases its engine) before the next is built.
+    agent.clean_up()
+    agent, env = build(accelerator, tokenizer)
+    run(agent, env, out / "resumed", iterations=1)
+    agent.clean_up()
+    agent, env = build(accelerator, tokenizer)
+    result["resumed_history"] = run(agent, env, out / "resumed", iterations=2, resume=True)
+    result["resumed_digest"] = digest(adapter_weights(agent))
+
     (out / f"rank_{accelerator.process_index}.json").write_text(json.dumps(result, indent=2))
     accelerator.wait_for_everyone()
 

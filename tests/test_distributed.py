@@ -2,8 +2,9 @@
 
 The launch runs ``tests/distributed_worker.py`` (two iterations of ``finetune_llm_selfsft`` on the tiny
 model: sharded generation through the DeepSpeed-wrapped actor, gathered scoring, each rank learning on its
-slice of each batch, sharded evaluation, checkpoints) and every rank writes what it ended with. Both ranks
-must agree on everything, and training must have moved the adapters.
+slice of each batch, sharded evaluation, checkpoints; then the same run stopped after one iteration and
+resumed) and every rank writes what it ended with. Both ranks must agree on everything, training must have
+moved the adapters, and the resumed run must equal the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agilerl_selfsft.distributed import DataParallel, shard_rows
+from agilerl_selfsft.distributed import DataParallel, check_supported, shard_rows
+from agilerl_selfsft.errors import SelfSFTError
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
@@ -74,6 +76,16 @@ def test_two_processes_agree_on_everything(tmp_path):
     assert json.loads((latest / "run_state.json").read_text())["iteration"] == 2
     assert sorted(p.name for p in (latest / "save_checkpoint").glob("zero_pp_rank_*_optim_states.pt")) == [
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    # stopped after iteration 1 and resumed from its checkpoint (adapters, each rank's ZeRO optimizer shard,
+    # environment): the same adapters and metrics as without the stop
+    assert zero["resumed_digest"] == one["resumed_digest"] == zero["final_digest"]
+    assert zero["resumed_history"] == one["resumed_history"]
+    assert untimed(zero["resumed_history"]) == untimed(zero["history"])
+
+
+def untimed(history):
+    timing = {"wall_seconds", "gen_seconds", "eval_seconds"}
+    return [{k: v for k, v in row.items() if k not in timing and k != "population"} for row in history]
 
 
 # ---- the sharding arithmetic, without processes ----
@@ -98,3 +110,21 @@ def test_batch_slices_are_equal_sized_and_cover_the_batch(rows, world):
     assert len({len(s) for s in slices}) == 1  # the same number of optimizer steps on every rank
     assert sorted(set(i for s in slices for i in s)) == sorted(rows)
     assert sum(map(len, slices)) == len(rows) + (-len(rows)) % world  # padding only up to a multiple of world
+
+
+def test_unsupported_setups_are_refused_before_any_work():
+    two = FakeAccelerator(0, 2)
+
+    def agent(accelerator, **kw):
+        return type("Agent", (), {"accelerator": accelerator, "zero_stage": 2, "use_vllm": False, **kw})()
+
+    assert check_supported([agent(None)], None).world == 1
+    assert check_supported([agent(two)], two).world == 2
+    with pytest.raises(SelfSFTError, match="built with the accelerator"):
+        check_supported([agent(None)], two)
+    with pytest.raises(SelfSFTError, match="ZeRO-3 is not supported"):
+        check_supported([agent(two, zero_stage=3)], two)
+    with pytest.raises(SelfSFTError, match="populations are not supported"):
+        check_supported([agent(two), agent(two)], two)
+    with pytest.raises(SelfSFTError, match="use_vllm"):
+        check_supported([agent(two, use_vllm=True)], two)
