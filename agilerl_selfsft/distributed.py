@@ -14,11 +14,14 @@ The semantics (every rank ends each iteration with the same adapters, buffer and
   ``metrics.jsonl`` and checkpoint bookkeeping are written by the main process only (the DeepSpeed part of
   a checkpoint is written by every rank into the same folder: the run directory must be shared).
 
-Without an accelerator (or with one process) every helper here is a no-op.
+Without an accelerator (or with one process) every helper here is a no-op. :func:`make_accelerator` builds
+the DeepSpeed ``Accelerator`` the agents need, on CPU (gloo) or GPUs.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from typing import TYPE_CHECKING, Any
 
 from agilerl_selfsft.errors import SelfSFTError
@@ -91,8 +94,50 @@ class DataParallel:
         return sum(values) / len(values)
 
 
+# What make_accelerator uses when neither it nor the launcher is given a DeepSpeed config.
+ZERO2_CONFIG: dict[str, Any] = {
+    "zero_optimization": {"stage": 2},
+    "train_micro_batch_size_per_gpu": "auto",  # AgileRL sets it: batch_size / processes / accumulation
+    "gradient_accumulation_steps": 1,
+}
+
+
+def make_accelerator(ds_config: dict[str, Any] | None = None, **kwargs: Any) -> Accelerator:
+    """An ``Accelerator`` with DeepSpeed, as AgileRL's LLM algorithms require, for CPU or GPU processes.
+
+    :param ds_config: a DeepSpeed config (dict); defaults to None: the launcher's DeepSpeed settings
+        (``accelerate launch --use_deepspeed ...`` or a config file), else :data:`ZERO2_CONFIG`
+    :param kwargs: more ``Accelerator`` arguments
+    :return: the accelerator; without CUDA its processes talk over gloo (accelerate would otherwise count
+        one process per launch on CPU), and a ``gradient_accumulation_steps`` left at ``"auto"`` is set to
+        the accelerator's (AgileRL needs a number)
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    handlers = list(kwargs.pop("kwargs_handlers", None) or [])
+    if not torch.cuda.is_available() and not any(isinstance(h, InitProcessGroupKwargs) for h in handlers):
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if ds_config is None and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        ds_config = ZERO2_CONFIG
+    if ds_config is not None:
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=copy.deepcopy(ds_config))
+    accelerator = Accelerator(kwargs_handlers=handlers, **kwargs)
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    if config.get("gradient_accumulation_steps") == "auto":
+        config["gradient_accumulation_steps"] = accelerator.gradient_accumulation_steps
+    return accelerator
+
+
 def check_supported(pop: list[Any], accelerator: Accelerator | None) -> DataParallel:
     """The :class:`DataParallel` of a run, after checking that its agents and launch can run together."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator is not None and accelerator.num_processes != launched:
+        raise SelfSFTError(
+            f"the launcher started {launched} processes but the accelerator counts {accelerator.num_processes}: "
+            "on CPU build it with make_accelerator() (or pass InitProcessGroupKwargs(backend='gloo'))"
+        )
     for agent in pop:
         if agent.accelerator is not accelerator:
             raise SelfSFTError(

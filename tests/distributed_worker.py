@@ -1,4 +1,4 @@
-"""One rank of the data-parallel test: ``accelerate launch --num_processes 2 tests/distributed_worker.py OUT``.
+"""One rank of the data-parallel test: ``accelerate launch ... tests/distributed_worker.py OUT [--from-launcher]``.
 
 Builds the tiny Llama of ``conftest.py`` (the real SmolLM2 tokenizer, random weights), a SelfSFT on an
 ``Accelerator`` with a DeepSpeed ZeRO-2 plugin (gloo on CPU, NCCL on GPUs), runs ``finetune_llm_selfsft``
@@ -6,6 +6,8 @@ for two iterations and writes what this rank ended with to ``OUT/rank_<r>.json``
 adapters before and after, the metrics, the training buffer, and a digest of the saved checkpoint's
 adapters; then the same run again, stopped after one iteration and resumed from its checkpoint by fresh
 agents. ``tests/test_distributed.py`` compares the ranks, and the resumed run with the uninterrupted one.
+With ``--from-launcher`` the DeepSpeed settings come from the ``accelerate launch`` flags
+(``make_accelerator()``) and only the first run is made.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, Task, finetune_llm_selfsft  # noqa: E402
+from agilerl_selfsft.distributed import make_accelerator  # noqa: E402
 from agilerl_selfsft.models import load_tokenizer  # noqa: E402
 
 ZERO2 = {
@@ -91,10 +94,13 @@ def run(agent: SelfSFT, env: SelfSFTGym, run_dir: Path, iterations: int, resume:
     return history
 
 
-def main(out: Path) -> None:
+def main(out: Path, from_launcher: bool = False) -> None:
     torch.set_num_threads(1)
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ZERO2), kwargs_handlers=handlers)
+    if from_launcher:  # the DeepSpeed settings of `accelerate launch --use_deepspeed --zero_stage 2 ...`
+        accelerator = make_accelerator()
+    else:  # our own ZeRO-2 config; on CPU the processes need gloo (make_accelerator adds it too)
+        handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+        accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ZERO2), kwargs_handlers=handlers)
     tokenizer = load_tokenizer("smollm2-135m-instruct")
 
     # 1. two iterations in one go
@@ -109,6 +115,7 @@ def main(out: Path) -> None:
         "world": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "zero_stage": agent.zero_stage,
+        "gradient_accumulation_steps": accelerator.state.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"],
         "actor_type": type(agent.actor).__name__,
         "initial_digest": initial,
         "final_digest": digest(adapter_weights(agent)),
@@ -117,6 +124,11 @@ def main(out: Path) -> None:
         "buffer": [[s.prompt_id, s.completion] for s in env.buffer],
         "seconds": seconds,
     }
+
+    if from_launcher:
+        (out / f"rank_{accelerator.process_index}.json").write_text(json.dumps(result, indent=2))
+        accelerator.wait_for_everyone()
+        return
 
     # 2. the same run stopped after one iteration, then resumed by fresh agents from its checkpoint. An
     # Accelerator sends every backward pass to the first DeepSpeed engine it prepared, so each agent is
@@ -134,4 +146,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), from_launcher="--from-launcher" in sys.argv[2:])

@@ -24,17 +24,17 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 
 
-def launch(out: Path, num_processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+def launch(out: Path, *worker_args: str, num_processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--use_deepspeed", "--zero_stage", "2",  # the worker passes its own ZeRO-2 plugin too
+        "--use_deepspeed", "--zero_stage", "2",  # what a GPU launch passes (the worker may bring its own plugin)
         "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", "0",  # a free port
-        str(WORKER), str(out),
+        str(WORKER), str(out), *worker_args,
     ]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -83,6 +83,17 @@ def test_two_processes_agree_on_everything(tmp_path):
     assert untimed(zero["resumed_history"]) == untimed(zero["history"])
 
 
+def test_deepspeed_settings_from_the_launcher(tmp_path):
+    """``make_accelerator()`` under ``accelerate launch --use_deepspeed --zero_stage 2``: the documented recipe."""
+    proc = launch(tmp_path, "--from-launcher")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    zero, one = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in range(2)]
+    for r in (zero, one):
+        assert (r["world"], r["zero_stage"], r["gradient_accumulation_steps"]) == (2, 2, 1)
+    assert zero["final_digest"] == one["final_digest"] != zero["initial_digest"]
+    assert zero["history"] == one["history"]
+
+
 def untimed(history):
     timing = {"wall_seconds", "gen_seconds", "eval_seconds"}
     return [{k: v for k, v in row.items() if k not in timing and k != "population"} for row in history]
@@ -112,8 +123,9 @@ def test_batch_slices_are_equal_sized_and_cover_the_batch(rows, world):
     assert sum(map(len, slices)) == len(rows) + (-len(rows)) % world  # padding only up to a multiple of world
 
 
-def test_unsupported_setups_are_refused_before_any_work():
+def test_unsupported_setups_are_refused_before_any_work(monkeypatch):
     two = FakeAccelerator(0, 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
 
     def agent(accelerator, **kw):
         return type("Agent", (), {"accelerator": accelerator, "zero_stage": 2, "use_vllm": False, **kw})()
@@ -128,3 +140,9 @@ def test_unsupported_setups_are_refused_before_any_work():
         check_supported([agent(two), agent(two)], two)
     with pytest.raises(SelfSFTError, match="use_vllm"):
         check_supported([agent(two, use_vllm=True)], two)
+    # accelerate on CPU without gloo: every process believes it is alone
+    one_of_two = FakeAccelerator(0, 1)
+    with pytest.raises(SelfSFTError, match="launcher started 2 processes but the accelerator counts 1"):
+        check_supported([agent(one_of_two)], one_of_two)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert check_supported([agent(one_of_two)], one_of_two).world == 1
