@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from agilerl_selfsft import load_adapters
 from agilerl_selfsft.distributed import DataParallel, check_supported, shard_rows
 from agilerl_selfsft.errors import SelfSFTError
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+sys.path.insert(0, str(WORKER.parent))
+from distributed_worker import adapter_weights, digest  # noqa: E402
 
 
 def launch(out: Path, *worker_args: str, num_processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -39,7 +42,7 @@ def launch(out: Path, *worker_args: str, num_processes: int = 2, timeout: int = 
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_processes_agree_on_everything(tmp_path):
+def test_two_processes_agree_on_everything(tmp_path, make_agent):
     proc = launch(tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     ranks = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in range(2)]
@@ -76,6 +79,10 @@ def test_two_processes_agree_on_everything(tmp_path):
     assert json.loads((latest / "run_state.json").read_text())["iteration"] == 2
     assert sorted(p.name for p in (latest / "save_checkpoint").glob("zero_pp_rank_*_optim_states.pt")) == [
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    # the adapters of that checkpoint load into a single-process agent on the same base (seed 0)
+    single = make_agent(lr=1e-2)
+    load_adapters(single, latest)
+    assert digest(adapter_weights(single)) == zero["final_digest"]
     # stopped after iteration 1 and resumed from its checkpoint (adapters, each rank's ZeRO optimizer shard,
     # environment): the same adapters and metrics as without the stop
     assert zero["resumed_digest"] == one["resumed_digest"] == zero["final_digest"]
