@@ -6,9 +6,9 @@ The semantics (every rank ends each iteration with the same adapters, buffer and
   state is the same everywhere), generates and scores only its contiguous share of them, and then all
   scored samples are gathered onto every rank, in prompt order. Selection and the training buffer are
   therefore identical on all ranks. Held-out evaluation is sharded and gathered the same way.
-- **Each rank trains on its slice of each batch.** A training batch holds ``data_batch_size_per_gpu ×
-  processes`` samples; rank ``r`` trains on the ``r``-th slice and DeepSpeed averages the gradients, so
-  the adapters stay equal. The last batch of a pass is padded (with its own first samples, as PyTorch's
+- **Each rank trains on its slice of each batch.** A training batch holds the agent's ``batch_size`` (its
+  ``batch_size_per_process`` × processes) samples; rank ``r`` trains on the ``r``-th slice and DeepSpeed
+  averages the gradients, so the adapters stay equal. The last batch of a pass is padded (with its own first samples, as PyTorch's
   ``DistributedSampler`` does) so every rank makes the same number of optimizer steps.
 - Losses are averaged over ranks, token counts summed, timings are the slowest rank's; the run's
   ``metrics.jsonl`` and checkpoint bookkeeping are written by the main process only (the DeepSpeed part of

@@ -115,7 +115,7 @@ def main(out: Path, from_launcher: bool = False) -> None:
         "world": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "zero_stage": agent.zero_stage,
-        "gradient_accumulation_steps": accelerator.state.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"],
+        "gradient_accumulation_steps": accelerator.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"],
         "actor_type": type(agent.actor).__name__,
         "initial_digest": initial,
         "final_digest": digest(adapter_weights(agent)),
