@@ -15,6 +15,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from agilerl_selfsft.chat import Message, render_prompt, turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import Generations, hf_generate
+from agilerl_selfsft.population import SharedBasePopulation
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from peft import LoraConfig
 
 
-class SelfSFT(SFT):
+class SelfSFT(SharedBasePopulation, SFT):
     """Self-improvement by supervised fine-tuning (expert iteration / rejection-sampling fine-tuning).
 
     A drop-in :class:`agilerl.algorithms.sft.SFT` — same constructor arguments, same batches, works in
@@ -229,93 +230,6 @@ class SelfSFT(SFT):
         """No min-p filtering."""
         return 0.0
 
-    # ---- populations: one frozen base, per-member adapters ----
-    @classmethod
-    def population(  # type: ignore[override]
-        cls,
-        size: int,
-        accelerator: Accelerator | None = None,
-        device: str | torch.device = "cpu",
-        resume_from_checkpoint: str | None = None,
-        **kwargs: Any,
-    ) -> list[SelfSFT]:
-        """``size`` agents that share one frozen base model; each owns its LoRA adapters and optimizer.
-
-        Agent 0 is built from ``kwargs`` (as the constructor takes them); agents 1.. are its clones, so all
-        start from the same adapters and differ by their hyperparameters (mutations) and their samples.
-        (AgileRL 2.10.0's ``LLMAlgorithm.population`` copies the whole model per agent and rejects the
-        copies it passes to the constructor.)
-
-        :param size: number of agents, at least 1
-        :type size: int
-        :param accelerator: accelerate ``Accelerator`` (DeepSpeed) of agent 0, defaults to None
-        :type accelerator: Accelerator, optional
-        :param device: torch device, defaults to "cpu"
-        :type device: str, optional
-        :param resume_from_checkpoint: an AgileRL checkpoint loaded into agent 0 before cloning, defaults to None
-        :type resume_from_checkpoint: str, optional
-        :return: the agents, with indices 0..size-1
-        :rtype: list[SelfSFT]
-        """
-        if not isinstance(size, int) or size < 1:
-            raise SelfSFTError(f"a population needs at least 1 agent, got {size!r}")
-        first = cls(index=0, accelerator=accelerator, device=device, **kwargs)
-        if resume_from_checkpoint is not None:
-            first.load_checkpoint(resume_from_checkpoint)
-            first.use_adapter("actor")
-            first.index = 0
-        return [first] + [first.clone(index=i) for i in range(1, size)]
-
-    def clone(self, index: int | None = None, wrap: bool = True) -> SelfSFT:
-        """AgileRL's clone (adapters, optimizer state, hyperparameters), sharing this agent's frozen base.
-
-        The tokenizer is re-attached (it is not part of the copied state); ``_cloned_from`` records the parent.
-        """
-        clone = super().clone(index=index, wrap=wrap)
-        clone._tokenizer = self._tokenizer
-        clone._cloned_from = self.index  # lineage: whose samples (replay) the clone inherits
-        clone._micro_follows_batch = self._micro_follows_batch
-        return clone
-
-    def _clone_actor_network(self) -> Any:
-        """The actor for a clone: a copy of the PEFT model whose frozen base weights *are* this agent's.
-
-        Only the LoRA tensors (names containing ``lora_``, and any ``modules_to_save``) are copied.
-        ZeRO-3 (partitioned weights), quantised bases and value heads fall back to AgileRL's full copy.
-        """
-        if (self.zero_stage or 0) >= 3 or self.quantization_config is not None or getattr(self, "use_value_head", False):
-            return super()._clone_actor_network()
-        actor = self._get_unwrapped_actor()
-        shared = {id(p): p for name, p in actor.named_parameters() if _is_base_weight(name)}
-        return copy.deepcopy(actor, memo=shared)
-
-    def _restore_clone_optimizer_and_scheduler(self, clone: SelfSFT) -> None:
-        """Give the clone a *copy* of this agent's optimizer state.
-
-        AgileRL hands the parent's ``state_dict()`` to the clone's ``load_state_dict``, which keeps same-device
-        tensors as they are: parent and clone (and every clone of one winner) would then step the same Adam
-        moments and step counters. A deep copy makes each member's optimizer its own.
-        """
-        if self.accelerator is not None:
-            return super()._restore_clone_optimizer_and_scheduler(clone)
-        clone.optimizer.optimizer.load_state_dict(copy.deepcopy(self.optimizer.optimizer.state_dict()))
-        if self.lr_scheduler is not None and clone.lr_scheduler is not None:
-            clone.lr_scheduler.load_state_dict(copy.deepcopy(self.lr_scheduler.state_dict()))
-
-    def _after_mutation(self) -> None:
-        """Mutation hook: keep mutated knobs valid; micro-batches follow a mutated ``batch_size``."""
-        self.num_generations = max(1, int(self.num_generations))
-        self.batch_size = max(1, int(self.batch_size))
-        self.temperature = max(float(self.temperature), 1e-3)
-        self.kl_coef = max(float(self.kl_coef), 0.0)
-        if self.selection_top_fraction is not None:
-            self.selection_top_fraction = min(max(float(self.selection_top_fraction), 1e-3), 1.0)
-        if getattr(self, "_micro_follows_batch", False):
-            self.batch_size_per_process = self.micro_batch_size_per_gpu = self.mini_batch_size = self.batch_size
-        for name in self.registry.hp_config or ():
-            # AgileRL mutates from the value it stored last; start the next mutation from the agent's own.
-            self.registry.hp_config[name].value = getattr(self, name)
-
     # ---- generation ----
     def generate(self, prompts: list[str | list[Message]], num_generations: int | None = None) -> list[list[str]]:
         """Sample ``num_generations`` (default :attr:`num_generations`) completions for each prompt.
@@ -471,8 +385,3 @@ class SelfSFT(SFT):
         picked = hidden[:, :-1, :][keep]
         with gather_if_ds_param(lm_head.weight, lm_head.bias):
             return F.linear(picked, lm_head.weight, lm_head.bias).float()
-
-
-def _is_base_weight(name: str) -> bool:
-    """Whether a PEFT model's parameter belongs to the frozen base (not to a LoRA adapter or a trained copy)."""
-    return "lora_" not in name and "modules_to_save" not in name

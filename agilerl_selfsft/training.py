@@ -90,7 +90,7 @@ def finetune_llm_selfsft(
         optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
         The result equals that of an uninterrupted run with the same seed. Defaults to False
     :param accelerator: the accelerate ``Accelerator`` (DeepSpeed plugin) the agents were built with, for a
-        multi-process launch (see docs_distributed.md: prompts are sharded over processes and the results
+        multi-process launch (see the README, "Several GPUs": prompts are sharded over processes and the results
         gathered, every process ends with the same adapters and metrics), defaults to None (the agents' own)
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
