@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.evaluation import evaluate
 from agilerl_selfsft.report import read_metrics
 from agilerl_selfsft.runstate import crash_point, restore, write_state
+from agilerl_selfsft.selection import Scored
 
 log = logging.getLogger("agilerl_selfsft")
 
@@ -45,6 +47,7 @@ def finetune_llm_selfsft(
     verbose: bool = True,
     resume: bool = False,
     stop_after_empty: int | None = None,
+    on_scored: Callable[[int, SelfSFT, list[Scored]], None] | None = None,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
@@ -79,6 +82,9 @@ def finetune_llm_selfsft(
     :param resume: continue the run in ``checkpoint_path`` from its last complete iteration (adapters,
         optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
         The result equals that of an uninterrupted run with the same seed. Defaults to False
+    :param on_scored: called as ``on_scored(iteration, agent, scored)`` with every scored completion of an
+        agent's iteration, before selection (e.g. :func:`agilerl_selfsft.preferences.pair_writer` keeps
+        them as DPO pairs), defaults to None
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
     run_dir = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -130,6 +136,8 @@ def finetune_llm_selfsft(
             _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens, generations.seconds, generations.num_tokens / max(generations.seconds, 1e-9))
             # 2. score
             scored = env.score(tasks, generations)
+            if on_scored is not None:
+                on_scored(iteration, agent, scored)
             train_reward = float(np.mean([s.reward for s in scored]))
             # 3. select and refill
             stats = env.refill(scored)
