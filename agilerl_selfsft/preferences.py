@@ -225,7 +225,10 @@ def load_pairs_dataset(paths: str | Path | Iterable[str | Path], tokenizer: PreT
     :raises SelfSFTError: for a missing or bad file, or when the files hold no pairs
     """
     if isinstance(paths, (str, Path)):
-        paths = sorted(Path(paths).glob("*.jsonl")) if Path(paths).is_dir() else [Path(paths)]
+        folder = Path(paths)
+        paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else [folder]
+        if not paths:
+            raise SelfSFTError(f"no pairs files (*.jsonl) in {folder}")
     pairs = [pair for path in paths for pair in read_pairs_jsonl(path)]
     return pairs_to_dataset(pairs, tokenizer)
 

@@ -203,6 +203,8 @@ def test_bad_files_name_the_line(tmp_path, tokenizer):
         read_pairs_jsonl(bad)
     empty = tmp_path / "empty"
     empty.mkdir()
+    with pytest.raises(SelfSFTError, match=r"no pairs files \(\*\.jsonl\) in .*empty$"):
+        load_pairs_dataset(empty, tokenizer)
     (empty / "iteration_0001.jsonl").write_text("")
     with pytest.raises(SelfSFTError, match=r"no preference pairs to train on"):
         load_pairs_dataset(empty, tokenizer)
