@@ -261,6 +261,19 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Pairs per SelfSFT iteration: " + ", ".join(f"{k}: {v}" for k, v in result["pairs_per_iteration"].items()),
         "",
+        "How each stage starts and runs:",
+        "",
+        "- SelfSFT: `finetune_llm_selfsft` (threshold 1.0, replay 128 at ratio 1.0, kl_coef as below); its "
+        "`on_scored` hook writes the best-vs-worst pairs of every prompt with a reward spread.",
+        "- DPO: AgileRL `DPO` (its defaults otherwise: DPO + NLL on chosen with nll_alpha 1.0, max_grad_norm 0.1), "
+        "`load_into` from the SelfSFT checkpoint (actor and reference = SelfSFT actor), batches from AgileRL's "
+        "`PreferenceGym` over the pairs (chat-templated prompt; answers with their `<|im_end|>`).",
+        "- GRPO: AgileRL `GRPO` on `ReasoningGym` (same `contains` reward, train prompts), `load_into` from the DPO "
+        "checkpoint. Two settings differ from AgileRL 2.10.0 as shipped: generation stops at `<|im_end|>` (its "
+        "generation config has no stop token), and every prompt gets `initial_prompt_len` so only completion "
+        "tokens are actions (as shipped, prompt tokens are trained on too).",
+        "- Every stage is evaluated by loading its checkpoint's actor into one SelfSFT evaluator (`load_adapters`).",
+        "",
         "Settings: `" + json.dumps(s) + "`",
         "",
     ]
