@@ -30,6 +30,7 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 from agilerl.algorithms import DPO, GRPO  # noqa: E402
 from agilerl.llm_envs import PreferenceGym, ReasoningGym  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from machine import command_line, environment_markdown, machine_info, machine_load  # noqa: E402
+from machine import command_line, environment_markdown, machine_info, machine_load, peak_rss_mib  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, finetune_llm_selfsft, load_into, load_model, load_tasks  # noqa: E402
@@ -277,6 +278,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Settings: `" + json.dumps(s) + "`",
         "",
     ]
+    if "peak_rss_mib" in result:
+        lines += [f"Peak resident memory: {result['peak_rss_mib']} MiB; OMP_NUM_THREADS={result['omp_num_threads']}.", ""]
     if "machine" in result:
         lines += environment_markdown(result)
     return "\n".join(lines)
@@ -299,7 +302,8 @@ def main() -> None:
     result = run_chain(settings, run_dir, log=lambda msg: print(f"[chain {time.perf_counter() - started:6.0f}s] {msg}", flush=True))
     result.update(command=command_line(), machine=machine_info(args.threads),
                   machine_load={"before": before, "after": machine_load()},
-                  date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                  date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  peak_rss_mib=round(peak_rss_mib()), omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     out = run_dir if args.quick else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     (out / "chain.json").write_text(json.dumps(result, indent=2))
