@@ -131,7 +131,9 @@ def build_pairs(
     return pairs
 
 
-def response_text(tokenizer: PreTrainedTokenizerBase, messages: list[Message], completion: str, finished: bool = True) -> str:
+def response_text(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], completion: str, finished: bool = True
+) -> str:
     """The text ``PreferenceGym`` should learn after the rendered prompt for ``completion``.
 
     A finished completion gets the chat template's own rendering of the assistant turn (content and
