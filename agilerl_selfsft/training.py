@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.evaluation import evaluate
 from agilerl_selfsft.report import read_metrics
 from agilerl_selfsft.runstate import crash_point, restore, write_state
+from agilerl_selfsft.selection import Scored
 
 log = logging.getLogger("agilerl_selfsft")
 
@@ -48,6 +50,7 @@ def finetune_llm_selfsft(
     stop_after_empty: int | None = None,
     eval_temperature: float | None = None,
     accelerator: Any | None = None,
+    on_scored: Callable[[int, SelfSFT, list[Scored]], None] | None = None,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
@@ -92,6 +95,9 @@ def finetune_llm_selfsft(
     :param accelerator: the accelerate ``Accelerator`` (DeepSpeed plugin) the agents were built with, for a
         multi-process launch (see the README, "Several GPUs": prompts are sharded over processes and the results
         gathered, every process ends with the same adapters and metrics), defaults to None (the agents' own)
+    :param on_scored: called as ``on_scored(iteration, agent, scored)`` with every scored completion of an
+        agent's iteration, before selection (e.g. :func:`agilerl_selfsft.preferences.pair_writer` keeps
+        them as DPO pairs); on the main process only, defaults to None
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
     _check_population(pop, tournament, mutation)
@@ -149,7 +155,9 @@ def finetune_llm_selfsft(
             scored, generations = sample_scored(agent, env, tasks)  # 1-2: each process its share, gathered
             crash_point("generate", iteration)
             _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens, generations.seconds, generations.num_tokens / max(generations.seconds, 1e-9))
-            # 2. score (done above)
+            # 2. score (done above, with generation)
+            if on_scored is not None and dp.is_main:
+                on_scored(iteration, agent, scored)
             train_reward = float(np.mean([s.reward for s in scored]))
             # 3. select and refill
             stats = env.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction)
