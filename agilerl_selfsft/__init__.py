@@ -12,6 +12,7 @@ from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.export import load_into
 from agilerl_selfsft.models import EMBEDDED_NAME, load_model
+from agilerl_selfsft.preferences import build_pairs, load_pairs_dataset, pair_writer, pairs_to_dataset, write_pairs_jsonl
 from agilerl_selfsft.rewards import BUILTINS as REWARDS
 from agilerl_selfsft.tasks import Task, load_tasks
 from agilerl_selfsft.training import evaluate, finetune_llm_selfsft
@@ -23,13 +24,18 @@ __all__ = [
     "SelfSFTError",
     "SelfSFTGym",
     "Task",
+    "build_pairs",
     "evaluate",
     "finetune_llm_selfsft",
     "load_adapters",
     "load_into",
     "load_model",
+    "load_pairs_dataset",
     "load_tasks",
     "make_accelerator",
+    "pair_writer",
+    "pairs_to_dataset",
     "verify_checkpoint",
+    "write_pairs_jsonl",
 ]
 __version__ = "0.1.0"
