@@ -47,6 +47,7 @@ from transformers import PreTrainedTokenizerBase
 from agilerl_selfsft.chat import Message, render_prompt
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.selection import Scored, dedup
+from agilerl_selfsft.tasks import read_jsonl
 
 NO_PAIRS_HINT = (
     "no prompt had two completions whose rewards differ by at least min_margin; sample more completions per "
@@ -203,17 +204,8 @@ _REQUIRED = {f.name for f in fields(Pair)} - {"chosen_finished", "rejected_finis
 
 def read_pairs_jsonl(path: str | Path) -> list[Pair]:
     """Read a file written by :func:`write_pairs_jsonl`; a clear error names the file and line of a bad row."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelfSFTError(f"pairs file not found: {path}")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SelfSFTError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    for number, row in read_jsonl(path, "pairs file"):
         if not isinstance(row, dict) or not _REQUIRED <= row.keys():
             found = sorted(row) if isinstance(row, dict) else type(row).__name__
             raise SelfSFTError(f"{path}:{number}: a pair needs {', '.join(sorted(_REQUIRED))}; found {found}")

@@ -32,23 +32,34 @@ class Task:
     columns: dict[str, Any] = field(default_factory=dict)
 
 
-def load_tasks(path: str | Path) -> list[Task]:
-    """Read a JSONL task file; a clear error names the file (and line) for anything wrong with it."""
+def read_jsonl(path: str | Path, what: str) -> list[tuple[int, Any]]:
+    """``(line number, parsed row)`` for every non-blank line of a JSONL file.
+
+    :param what: names the file in errors, e.g. ``"task file"``
+    :raises SelfSFTError: naming the file (and the line) when it is missing, unreadable or not JSON
+    """
     path = Path(path)
     if not path.is_file():
-        raise SelfSFTError(f"task file not found: {path}")
+        raise SelfSFTError(f"{what} not found: {path}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SelfSFTError(f"task file {path} cannot be read: {exc}") from None
-    tasks: list[Task] = []
+        raise SelfSFTError(f"{what} {path} cannot be read: {exc}") from None
+    rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise SelfSFTError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def load_tasks(path: str | Path) -> list[Task]:
+    """Read a JSONL task file; a clear error names the file (and line) for anything wrong with it."""
+    tasks: list[Task] = []
+    for number, row in read_jsonl(path, "task file"):
         tasks.append(task_from_row(row, len(tasks), where=f"{path}:{number}"))
     if not tasks:
         raise SelfSFTError(f"task file {path} has no rows")
