@@ -168,10 +168,10 @@ def finetune_llm_selfsft(
                 _info(verbose, "%s [Stage 4] Nothing passed the filter: skipping training this iteration.", who)
             else:
                 rows = agent.batch_size_per_process
-                steps = sft_epochs * math.ceil(stats["buffer"] / (rows * dp.world))  # a batch: every process's rows
+                batch = env.reset(batch_size=rows)  # from here on, batches of this agent's size
+                steps = sft_epochs * env.num_batches  # a batch: every process's rows
                 _info(verbose, "%s [Stage 4] Training on %d example(s): %d epoch(s), %d step(s) of batch %d.", who, stats["buffer"], sft_epochs, steps, rows)
                 losses, kls = [], []
-                batch = env.reset(batch_size=rows)
                 for _ in tqdm(range(steps), desc=f"{who} learn", leave=False, disable=not verbose):
                     out = agent.learn(batch)
                     crash_point("learn", iteration)

@@ -141,6 +141,14 @@ def run_chain(s: Settings, run_dir: str | Path, log: Callable[[str], None] = pri
         log(f"[{name}] held-out reward {ev['eval_reward']:.3f} (greedy {ev['eval_reward_greedy']:.3f}); "
             f"stage {seconds:.0f} s")
 
+    def evaluate_stage(name: str, checkpoint: Path, t0: float, what: str) -> float:
+        """Evaluate a stage's checkpoint with the SelfSFT evaluator; returns the stage's training seconds."""
+        train_seconds = time.perf_counter() - t0
+        torch.manual_seed(s.seed)
+        load_adapters(agent, checkpoint)
+        add_stage(name, evaluate(agent, env, s.eval_samples, True), time.perf_counter() - t0, what)
+        return train_seconds
+
     # ---- stage 1: SelfSFT (its iteration 0 is the base model's evaluation) ----
     log(f"[selfsft] {s.iterations} iteration(s) x {s.prompts_per_iteration} prompts x K={s.num_generations}")
     model, tokenizer = load_model(MODEL, dtype=torch.float32)
@@ -183,11 +191,7 @@ def run_chain(s: Settings, run_dir: str | Path, log: Callable[[str], None] = pri
     dpo_ckpt = save_iteration(dpo, run_dir / "dpo", 1, info={"stage": "dpo"})
     del dpo
     gc.collect()
-    dpo_train_seconds = time.perf_counter() - t0
-    torch.manual_seed(s.seed)
-    load_adapters(agent, dpo_ckpt)
-    ev = evaluate(agent, env, s.eval_samples, True)
-    add_stage("dpo", ev, time.perf_counter() - t0, f"DPO, {steps} steps on {len(pairs)} on-policy pairs")
+    dpo_train_seconds = evaluate_stage("dpo", dpo_ckpt, t0, f"DPO, {steps} steps on {len(pairs)} on-policy pairs")
 
     # ---- stage 3: GRPO from the DPO result ----
     t0 = time.perf_counter()
@@ -214,12 +218,9 @@ def run_chain(s: Settings, run_dir: str | Path, log: Callable[[str], None] = pri
     grpo_ckpt = save_iteration(grpo, run_dir / "grpo", 1, info={"stage": "grpo"})
     del grpo
     gc.collect()
-    grpo_train_seconds = time.perf_counter() - t0
-    torch.manual_seed(s.seed)
-    load_adapters(agent, grpo_ckpt)
-    ev = evaluate(agent, env, s.eval_samples, True)
-    add_stage("grpo", ev, time.perf_counter() - t0,
-              f"GRPO, {s.grpo_steps} steps x {s.grpo_prompts_per_step} prompts x group {s.num_generations}")
+    grpo_train_seconds = evaluate_stage(
+        "grpo", grpo_ckpt, t0, f"GRPO, {s.grpo_steps} steps x {s.grpo_prompts_per_step} prompts x group {s.num_generations}"
+    )
 
     timings.update(base=base_seconds, selfsft_train=selfsft_seconds - base_seconds - history[-1]["eval_seconds"],
                    dpo_train=dpo_train_seconds, grpo_train=grpo_train_seconds, total=time.perf_counter() - start)
