@@ -8,6 +8,7 @@ import platform
 import resource
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,25 @@ def fmt_load(load: dict[str, Any]) -> str:
     """A ``machine_load()`` result's load averages as ``"1.00, 0.50, 0.25"``."""
     avg = load.get("loadavg_1_5_15")
     return ", ".join(f"{x:.2f}" for x in avg) if avg else "unknown"
+
+
+def matmul_gflops(seconds: float = 2.0, size: int = 2048) -> float:
+    """The machine's measured dense fp32 matmul rate in GFLOP/s (``size``² matrices, on the default device).
+
+    This is the roof the FLOP-based utilisation figures (2·N per generated token, 6·N per trained token) are
+    measured against: on CPU it is what torch's BLAS achieves with the current thread count, not a datasheet peak.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    for _ in range(3):
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
 
 
 def peak_rss_mib() -> float:
