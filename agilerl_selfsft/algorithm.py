@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from agilerl.algorithms.core.base import LLMAlgorithm
 from agilerl.algorithms.sft import SFT
 from agilerl.utils.llm_utils import gather_if_ds_param
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from agilerl_selfsft.chat import Message, render_prompt, turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.generation import Generations, hf_generate
+from agilerl_selfsft import generation
+from agilerl_selfsft.generation import Generations, Sampling
 from agilerl_selfsft.population import SharedBasePopulation
 
 if TYPE_CHECKING:
@@ -265,17 +266,16 @@ class SelfSFT(SharedBasePopulation, SFT):
             if self.use_vllm:
                 return self._sample_vllm(texts, k, greedy, stop_ids, temperature)
             self.actor.eval()
-            config = GenerationConfig(
-                do_sample=not greedy and temperature > 0,
-                temperature=temperature if not greedy and temperature > 0 else None,
-                top_p=self.top_p if not greedy else None,
-                top_k=self.top_k if not greedy else None,  # 0 = off (None would mean transformers' default, 50)
+            sampling = Sampling(
                 max_new_tokens=self.max_new_tokens,
-                eos_token_id=stop_ids,
-                pad_token_id=self.pad_token_id,
+                stop_token_ids=stop_ids,
+                temperature=temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                greedy=greedy,
             )
-            return hf_generate(
-                self.actor, self._tokenizer, texts, k, config, stop_ids, max_batch_rows=self.generation_batch_size
+            return generation.sample(
+                self.actor, self._tokenizer, texts, k, sampling, max_batch_rows=self.generation_batch_size
             )
 
     def _sample_vllm(self, texts: list[str], k: int, greedy: bool, stop_ids: list[int], temperature: float) -> Generations:  # pragma: no cover - GPU + vllm only

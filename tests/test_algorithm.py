@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from agilerl_selfsft.chat import collate
+from agilerl_selfsft.chat import collate, render_prompt
 
 from conftest import MULTI  # a system/user/assistant/tool/user/assistant chat
 
@@ -30,20 +30,6 @@ def lora_params(agent, adapter):
         for n, p in agent.actor.named_parameters()
         if f"lora_A.{adapter}." in n or f"lora_B.{adapter}." in n
     }
-
-
-def count_generate_calls(agent):
-    """Wrap the actor's ``generate`` (the real one still runs) and count the calls."""
-    real = agent.actor.generate
-    calls = []
-
-    @functools.wraps(real)
-    def counting(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return real(*args, **kwargs)
-
-    agent.actor.generate = counting
-    return calls
 
 
 def manual_ce(agent, batch):
@@ -114,15 +100,13 @@ def test_chats_are_accepted_as_prompts(tiny_agent):
 
 def test_generation_is_batched_across_prompts(make_agent):
     agent = make_agent(generation_batch_size=12)
-    calls = count_generate_calls(agent)
-    gens = agent.sample(PROMPTS)  # 6 prompts x K=2 = 12 rows: one call
-    assert calls == [12]
+    gens = agent.sample(PROMPTS)  # 6 prompts x K=2 = 12 rows: one batch
+    assert gens.batch_rows == [12]
     assert [len(t) for t in gens.texts] == [2] * 6
 
-    agent.generation_batch_size = 4  # read at every call: 2 prompts (4 rows) per generate call
-    calls.clear()
+    agent.generation_batch_size = 4  # read at every call: 2 prompts (4 rows) per batch
     gens = agent.sample(PROMPTS)
-    assert calls == [4, 4, 4]
+    assert gens.batch_rows == [4, 4, 4]
     assert [len(t) for t in gens.texts] == [2] * 6
 
 
@@ -147,27 +131,18 @@ def test_sampling_attributes_take_effect_on_the_next_call(tiny_agent):
 
 def sampled_token_ranks(agent, prompt):
     """Sample for one prompt and return, for every generated token, its rank under the actor's own logits."""
-    real = agent.actor.generate
-    captured = []
-
-    @functools.wraps(real)
-    def capture(*args, **kwargs):
-        out = real(*args, **kwargs)
-        captured.append((kwargs["input_ids"], out))
-        return out
-
-    agent.actor.generate = capture
-    try:
-        agent.sample([prompt])
-    finally:
-        del agent.actor.generate
-    prompt_ids, out = captured[0]
-    n = prompt_ids.shape[1]
-    with torch.no_grad(), agent.select_adapter("actor"):
-        agent.actor.eval()
-        logits = agent.actor(input_ids=out, attention_mask=torch.ones_like(out)).logits[:, n - 1 : -1]
-    chosen = logits.gather(-1, out[:, n:, None])
-    return (logits > chosen).sum(-1)  # 0 = the most likely token
+    gens = agent.sample([prompt])
+    prompt_ids = agent._tokenizer(render_prompt(agent._tokenizer, [{"role": "user", "content": prompt}]),
+                                 add_special_tokens=False)["input_ids"]
+    ranks = []
+    for completion in gens.token_ids[0]:
+        ids = torch.tensor([prompt_ids + completion])
+        with torch.no_grad(), agent.select_adapter("actor"):
+            agent.actor.eval()
+            logits = agent.actor(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
+        chosen = logits.gather(-1, ids[0, len(prompt_ids) :, None])
+        ranks.append((logits > chosen).sum(-1))  # 0 = the most likely token
+    return torch.cat(ranks)
 
 
 def test_top_k_zero_means_no_top_k_filter(make_agent):
