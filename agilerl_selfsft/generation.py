@@ -98,6 +98,8 @@ def sample(
     num_generations: int,
     sampling: Sampling,
     max_batch_rows: int = 128,
+    share_prompts: bool = True,
+    drop_finished: bool = True,
 ) -> Generations:
     """Sample ``num_generations`` completions for each rendered prompt, ``max_batch_rows`` rows per batch.
 
@@ -109,6 +111,10 @@ def sample(
     :param num_generations: K, completions per prompt
     :param sampling: the decoding settings
     :param max_batch_rows: most rows (prompts × K) decoded together, defaults to 128
+    :param share_prompts: prefill shared prompt tokens once (steps 1–3 above); False prefills every row on its
+        own, like ``generate`` (for measuring what sharing buys), defaults to True
+    :param drop_finished: drop finished rows from the batch (step 4); False decodes them on to the end,
+        like ``generate``, defaults to True
     :return: texts, finish flags and token ids in the order of ``prompt_texts``, plus counts and timing
     """
     start = time.perf_counter()
@@ -124,7 +130,11 @@ def sample(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for begin in range(0, len(order), per_batch):
         chunk = order[begin : begin + per_batch]
-        rows, computed = _decode(model, [encoded[i] for i in chunk], k, sampling, pad_id)
+        prompts = [encoded[i] for i in chunk]
+        if share_prompts:
+            rows, computed = _decode(model, prompts, k, sampling, pad_id, drop_finished)
+        else:  # every row its own prompt
+            rows, computed = _decode(model, [p for p in prompts for _ in range(k)], 1, sampling, pad_id, drop_finished, 0)
         out.batch_rows.append(len(chunk) * k)
         out.computed_rows += computed
         texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
@@ -149,12 +159,22 @@ def _common_prefix_length(prompts: list[list[int]]) -> int:
 
 @torch.inference_mode()
 def _decode(
-    model: torch.nn.Module, prompts: list[list[int]], k: int, sampling: Sampling, pad_id: int
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    k: int,
+    sampling: Sampling,
+    pad_id: int,
+    drop_finished: bool = True,
+    shared: int | None = None,
 ) -> tuple[list[list[int]], int]:
-    """One batch: every prompt's K completions (token ids, each ending at its stop token) and the row-steps computed."""
+    """One batch: every prompt's K completions (token ids, each ending at its stop token) and the row-steps computed.
+
+    ``shared``: prompt tokens to prefill once for all prompts (default: all they have in common).
+    """
     device = next(model.parameters()).device
     n = len(prompts)
-    shared = _common_prefix_length(prompts) if n > 1 else len(prompts[0]) - 1
+    if shared is None:
+        shared = _common_prefix_length(prompts) if n > 1 else len(prompts[0]) - 1
 
     # 1. the shared prefix, once
     cache = None
@@ -189,6 +209,7 @@ def _decode(
     stops = torch.tensor(sampling.stop_token_ids, device=device)
     warpers = sampling.warpers()
     computed = 0
+    done = torch.zeros(n * k, dtype=torch.bool, device=device)
     for step in range(sampling.max_new_tokens):
         computed += len(live)
         if sampling.is_greedy:
@@ -198,9 +219,11 @@ def _decode(
             chosen = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
         tokens[live, step] = chosen
         ended = torch.isin(chosen, stops)
+        if not drop_finished:  # finished rows decode on; what they emit after their stop is cut below
+            ended = done = ended | done
         if step == sampling.max_new_tokens - 1 or bool(ended.all()):
             break
-        if bool(ended.any()):  # 4. finished rows leave the batch
+        if drop_finished and bool(ended.any()):  # 4. finished rows leave the batch
             keep = (~ended).nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             live, chosen, mask, position = live[keep], chosen[keep], mask[keep], position[keep]

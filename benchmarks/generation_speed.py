@@ -1,32 +1,33 @@
-"""Generation throughput: ``SelfSFT.sample`` (batched across prompts) vs AgileRL GRPO's HF path.
+"""Generation throughput: ``SelfSFT.sample`` vs plain batched HF ``generate`` vs AgileRL GRPO's HF path.
 
-Both agents wrap their own copy of the same base weights with the same LoRA shape (r=16, all-linear,
-dropout 0; the adapters start as a no-op, so both sample from the base model), see the same prompts (the
-held-out capitals prompts rendered with the tokenizer's chat template, checked to be token-identical), draw
-K completions per prompt with the same sampling settings (temperature 0.8, top-p 1, no top-k,
-``max_new_tokens``) and stop on the same token ids (``agilerl_selfsft.chat.turn_end_token_ids``).
+All methods sample from the same weights with the same LoRA shape (r=16, all-linear, dropout 0; the adapters
+start as a no-op), see the same prompts (held-out capitals prompts rendered with the tokenizer's chat template,
+checked to be token-identical), draw K completions per prompt with the same sampling settings (temperature 0.8,
+top-p 1, no top-k, ``max_new_tokens``) and stop on the same token ids (``agilerl_selfsft.chat.turn_end_token_ids``).
 
-- ours: ``SelfSFT.sample(prompts, K)``: the prompts are left-padded into one batch and repeated K times, so one
-  ``generate`` call serves ``prompts × K`` rows (up to ``generation_batch_size`` rows per call).
-- GRPO: ``GRPO.get_action(prompt_dicts, training=True)`` with ``use_vllm=False``: one ``generate`` call per
-  prompt, on that prompt repeated ``group_size = K`` times. Prompt dicts are built as AgileRL's
-  ``ReasoningGym`` builds them (``agilerl.llm_envs.base.apply_chat_template``).
+- ``ours``: ``SelfSFT.sample(prompts, K)``: the decode loop of ``agilerl_selfsft.generation`` (shared prompt
+  prefix prefilled once, each prompt prefilled once for its K rows, finished rows dropped), up to
+  ``generation_batch_size`` rows per batch;
+- ``loop_shared`` / ``loop_plain``: the same loop with row dropping off / with sharing and dropping off (the
+  ablation: what each step buys);
+- ``hf``: plain batched ``generate`` on the same actor: prompts left-padded, each repeated K times, the same
+  rows per call as ours;
+- ``grpo``: ``GRPO.get_action(prompt_dicts, training=True)`` with ``use_vllm=False``: one ``generate`` call per
+  prompt on that prompt repeated ``group_size = K`` times (prompt dicts built as AgileRL's ``ReasoningGym`` does).
 
-Generated tokens are counted the same way for both: per row, the completion tokens (prompt and padding
-excluded) up to and including the first stop token, or the whole row when it never stopped. That is what
-``Generations.num_tokens`` counts for ours; GRPO returns prompt + completion ids, so the prompt is sliced off
-and the same rule applied (AgileRL's own action-mask count is recorded alongside, for reference).
+Generated tokens are counted the same way for all: per row, completion tokens up to and including the first stop
+token (the whole row when it never stopped). FLOP utilisation = tokens/s × 2·N / the machine's measured fp32
+matmul rate (N = the base model's parameters; LoRA and attention FLOPs are not counted). Peak memory: the
+process's peak RSS during each call above its RSS before it (``/proc/self/clear_refs``), or max allocated on GPU.
 
-Each method is warmed up once, then timed ``--repeats`` times, interleaved (ours, GRPO, ours, GRPO…), with
-``torch.manual_seed(--seed)`` before every run. Seconds are wall time around the whole call for both.
+Each method is warmed up once, then timed ``--repeats`` times, interleaved, with ``torch.manual_seed(--seed)``
+before every run. Run from the repository root::
 
-Run from the repository root::
+    .venv/bin/python benchmarks/generation_speed.py                   # 16 prompts, K=4, 32 new tokens
+    .venv/bin/python benchmarks/generation_speed.py --prompts 64 -k 8 --repeats 1 --tag k8x64
+    .venv/bin/python benchmarks/generation_speed.py --quick           # a tiny smoke run
 
-    .venv/bin/python benchmarks/generation_speed.py            # defaults: 16 prompts, K=4, 32 new tokens
-    .venv/bin/python benchmarks/generation_speed.py --quick    # a tiny smoke run
-
-Writes ``generation_speed.json`` and ``generation_speed.md`` to ``--output-dir``
-(default ``benchmarks/results``).
+Writes ``generation_speed[_TAG].json`` and ``.md`` to ``--output-dir`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -50,14 +51,18 @@ import json
 import statistics
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from agilerl.algorithms.grpo import GRPO
 from agilerl.llm_envs.base import apply_chat_template
 from peft import LoraConfig
+from transformers import GenerationConfig
 
-from machine import command_line, environment_markdown, machine_info, machine_load, nproc, peak_rss_mib
+from machine import (
+    command_line, environment_markdown, machine_info, machine_load, matmul_gflops, nproc, peak_rss_mib, reset_peak_rss,
+)
+from agilerl_selfsft import generation
 
 MODEL = "smollm2-135m-instruct"
 EVAL_FILE = CAPITALS_DIR / "eval.jsonl"
@@ -65,42 +70,39 @@ DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
 DEFAULTS = {"prompts": 16, "k": 4, "max_new_tokens": 32, "repeats": 3}
 QUICK = {"prompts": 2, "k": 2, "max_new_tokens": 8, "repeats": 1}
 TEMPERATURE = 0.8
-OURS, GRPO_NAME = "SelfSFT.sample (batched)", "GRPO.get_action (AgileRL HF path)"
+METHODS = {
+    "ours": "SelfSFT.sample (decode loop: shared prefill + finished rows dropped)",
+    "loop_shared": "decode loop, shared prefill, finished rows decode on",
+    "loop_plain": "decode loop, every row prefilled, finished rows decode on",
+    "hf": "plain batched HF generate (prompts × K rows per call)",
+    "grpo": "GRPO.get_action (AgileRL HF path: one generate per prompt)",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Tokens/s of SelfSFT.sample vs AgileRL GRPO's HF generation on the same model, K and prompts."
-    )
+    parser = argparse.ArgumentParser(description="Tokens/s of SelfSFT.sample vs plain HF generate vs AgileRL GRPO.")
     parser.add_argument("--prompts", type=int, help=f"held-out prompts to use (default {DEFAULTS['prompts']})")
     parser.add_argument("--k", "-k", type=int, help=f"completions per prompt, K (default {DEFAULTS['k']})")
-    parser.add_argument(
-        "--max-new-tokens", type=int, help=f"longest completion (default {DEFAULTS['max_new_tokens']})"
-    )
+    parser.add_argument("--max-new-tokens", type=int, help=f"longest completion (default {DEFAULTS['max_new_tokens']})")
     parser.add_argument("--repeats", type=int, help=f"timed runs per method (default {DEFAULTS['repeats']})")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--batch-rows", type=int, default=128, help="rows per batch for ours and hf (default 128)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed set before every run (default 0)")
-    parser.add_argument(
-        "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where the results go (default benchmarks/results)"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"tiny fast run: {', '.join(f'{k}={v}' for k, v in QUICK.items())} (explicit flags still win)",
-    )
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="default benchmarks/results")
+    parser.add_argument("--quick", action="store_true", help="tiny fast run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = parser.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for key, value in base.items():
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("prompts", "k", "max_new_tokens", "repeats", "threads"):
+    for key in ("prompts", "k", "max_new_tokens", "repeats", "threads", "batch_rows"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    args.methods = [m for m in args.methods.split(",") if m]
+    if unknown := set(args.methods) - set(METHODS):
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
     return args
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# agents and prompts
 
 
 def lora_config() -> LoraConfig:
@@ -111,145 +113,134 @@ def grpo_prompt_dicts(tokenizer: Any, chats: list[list[dict[str, Any]]]) -> list
     """Prompt dicts as AgileRL's ReasoningGym yields them (``input_ids``/``attention_mask`` of shape [1, L])."""
     dicts = []
     for chat in chats:
-        # ReasoningGym formats each message with str.format(question=..., answer=...): escape the braces so the
-        # chat is passed through verbatim.
-        template = [
-            {"role": m["role"], "content": str(m["content"]).replace("{", "{{").replace("}", "}}")} for m in chat
-        ]
+        # ReasoningGym formats each message with str.format: escape the braces so the chat passes verbatim.
+        template = [{"role": m["role"], "content": str(m["content"]).replace("{", "{{").replace("}", "}}")} for m in chat]
         encoded = apply_chat_template(template, "", "", tokenizer)
         dicts.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "text": None})
     return dicts
 
 
 def count_completion_tokens(new_tokens: torch.Tensor, stop_ids: list[int]) -> tuple[int, list[bool]]:
-    """Tokens per row up to and including the first stop token (the whole row if none) — as hf_generate counts."""
+    """Tokens per row up to and including the first stop token (the whole row if none)."""
     is_stop = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device))
     has_stop = is_stop.any(dim=1)
-    full = torch.full_like(has_stop, new_tokens.shape[1], dtype=torch.long)
-    lengths = torch.where(has_stop, is_stop.int().argmax(dim=1) + 1, full)
+    lengths = torch.where(has_stop, is_stop.int().argmax(dim=1) + 1, torch.full_like(has_stop, new_tokens.shape[1], dtype=torch.long))
     return int(lengths.sum()), [bool(x) for x in has_stop]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# runs
+def plain_hf_generate(agent: SelfSFT, texts: list[str], k: int, rows: int, stop_ids: list[int]) -> tuple[int, list[bool], int]:
+    """Batched ``generate``: prompts left-padded, each repeated K times, ``rows`` rows per call."""
+    tok, tokens, finished, calls = agent._tokenizer, 0, [], 0
+    per_call = max(1, rows // k)
+    config = GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_p=1.0, top_k=0, max_new_tokens=agent.max_new_tokens,
+                              eos_token_id=stop_ids, pad_token_id=agent.pad_token_id)
+    for begin in range(0, len(texts), per_call):
+        batch = tok(texts[begin : begin + per_call], add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+        ids, mask = batch["input_ids"].repeat_interleave(k, 0), batch["attention_mask"].repeat_interleave(k, 0)
+        with torch.inference_mode(), agent.select_adapter("actor"):
+            out = agent.actor.generate(input_ids=ids.to(agent.device), attention_mask=mask.to(agent.device), generation_config=config)
+        n, f = count_completion_tokens(out[:, ids.shape[1]:], stop_ids)
+        tokens, finished, calls = tokens + n, finished + f, calls + 1
+    return tokens, finished, calls
 
 
-def run_ours(agent: SelfSFT, chats: list[list[dict[str, Any]]], k: int, seed: int) -> dict[str, Any]:
+def timed(fn: Callable[[], tuple[int, list[bool], int]], seed: int) -> dict[str, Any]:
+    """Run one sampling call: tokens, wall and CPU seconds, stopped rows, generate calls, peak memory above start."""
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = peak_rss_mib() if reset_peak_rss() else None
     torch.manual_seed(seed)
     cpu, start = time.process_time(), time.perf_counter()
+    tokens, finished, calls = fn()
+    if gpu:
+        torch.cuda.synchronize()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "tokens": tokens, "seconds": seconds, "cpu_seconds": cpu, "rows": len(finished), "finished_rows": sum(finished),
+        "generate_calls": calls,
+        "peak_mib_above_start": (torch.cuda.max_memory_allocated() / 2**20 if gpu else
+                                 (peak_rss_mib() - rss_before if rss_before is not None else None)),
+    }
+
+
+def run_loop(agent: SelfSFT, texts: list[str], k: int, stop_ids: list[int], **options: bool) -> tuple[int, list[bool], int]:
+    sampling = generation.Sampling(agent.max_new_tokens, stop_ids, temperature=TEMPERATURE, top_p=1.0, top_k=0)
+    with agent.select_adapter("actor"):
+        gen = generation.sample(agent.actor, agent._tokenizer, texts, k, sampling, agent.generation_batch_size, **options)
+    return gen.num_tokens, [f for row in gen.finished for f in row], len(gen.batch_rows)
+
+
+def run_ours(agent: SelfSFT, chats: list[list[dict[str, Any]]], k: int) -> tuple[int, list[bool], int]:
     gen = agent.sample(chats, num_generations=k)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    finished = [f for row in gen.finished for f in row]
+    return gen.num_tokens, [f for row in gen.finished for f in row], len(gen.batch_rows)
+
+
+def run_grpo(agent: GRPO, prompt_dicts: list[dict[str, Any]], stop_ids: list[int]) -> tuple[int, list[bool], int]:
+    result = agent.get_action([dict(d) for d in prompt_dicts], training=True)  # get_action may mutate the dicts
+    tokens, finished = 0, []
+    for prompt, ids in zip(prompt_dicts, result.completion_ids, strict=True):
+        n, f = count_completion_tokens(ids[:, prompt["input_ids"].shape[1]:], stop_ids)  # ids = prompt + completion
+        tokens, finished = tokens + n, finished + f
+    return tokens, finished, len(prompt_dicts)
+
+
+def summarise(runs: list[dict[str, Any]], flops_per_token: float, roof_gflops: float) -> dict[str, Any]:
+    rate = statistics.median(r["tokens"] / r["seconds"] for r in runs)
     return {
-        "tokens": gen.num_tokens,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "inner_seconds": gen.seconds,
-        "rows": len(finished),
-        "finished_rows": sum(finished),
-        "generate_calls": -(-len(chats) // max(1, agent.generation_batch_size // k)),
-    }
-
-
-def run_grpo(agent: GRPO, prompt_dicts: list[dict[str, Any]], stop_ids: list[int], seed: int) -> dict[str, Any]:
-    obs = [dict(d) for d in prompt_dicts]  # get_action may mutate the dicts it is given
-    torch.manual_seed(seed)
-    cpu, start = time.process_time(), time.perf_counter()
-    result = agent.get_action(obs, training=True)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    tokens, finished, mask_tokens, mask_explained = 0, [], 0, 0
-    pad = agent.pad_token_id
-    for prompt, ids, mask in zip(prompt_dicts, result.completion_ids, result.action_masks, strict=True):
-        # ids are prompt + completion (the prompt repeated group_size times); keep the completion only.
-        prompt_len = prompt["input_ids"].shape[1]
-        n, f = count_completion_tokens(ids[:, prompt_len:], stop_ids)
-        tokens += n
-        finished += f
-        mask_tokens += int(mask.sum())
-        # What AgileRL's mask holds when it gets no prompt length: every non-pad token after the first position.
-        mask_explained += int((ids[:, 1:] != pad).sum())
-    return {
-        "tokens": tokens,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "rows": len(finished),
-        "finished_rows": sum(finished),
-        "generate_calls": len(prompt_dicts),
-        "agilerl_action_mask_tokens": mask_tokens,
-        "agilerl_mask_is_all_non_pad_tokens": mask_tokens == mask_explained,
-    }
-
-
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    rates = [r["tokens"] / r["seconds"] for r in runs]
-    return {
-        "median_tokens_per_s": statistics.median(rates),
+        "median_tokens_per_s": rate,
         "median_seconds": statistics.median(r["seconds"] for r in runs),
-        "tokens": [r["tokens"] for r in runs],
         "median_tokens": statistics.median(r["tokens"] for r in runs),
-        "tokens_per_s": rates,
-        "seconds": [r["seconds"] for r in runs],
-        "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+        "achieved_gflops": rate * flops_per_token / 1e9,
+        "fraction_of_2N_bound": rate * flops_per_token / 1e9 / roof_gflops,
         "median_tokens_per_cpu_s": statistics.median(r["tokens"] / r["cpu_seconds"] for r in runs),
-        "cpu_seconds": [r["cpu_seconds"] for r in runs],
+        "peak_mib_above_start": max((r["peak_mib_above_start"] or 0) for r in runs),
         "rows": runs[0]["rows"],
-        "finished_rows": [r["finished_rows"] for r in runs],
         "generate_calls_per_run": runs[0]["generate_calls"],
         "runs": runs,
     }
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# output
-
-
 def markdown(result: dict[str, Any]) -> str:
-    s, o, g = result["settings"], result["methods"]["ours"], result["methods"]["grpo"]
+    s, m = result["settings"], result["methods"]
     lines = [
-        "# Generation speed: SelfSFT.sample vs AgileRL GRPO (HF path)",
+        f"# Generation speed: {s['prompts']} prompts × K={s['k']}, up to {s['max_new_tokens']} new tokens",
         "",
-        f"{s['prompts']} prompts × K={s['k']}, up to {s['max_new_tokens']} new tokens, temperature {s['temperature']}, "
-        f"{s['repeats']} timed run(s) per method after one warm-up, interleaved. Model `{s['model']}` "
-        f"({s['dtype']}), LoRA r=16 all-linear on separate copies of the same weights.",
+        f"Model `{s['model']}` ({s['dtype']}, N = {s['n_params'] / 1e6:.1f} M parameters, {s['device']}), LoRA r=16 "
+        f"all-linear, temperature {s['temperature']}, {s['repeats']} timed run(s) per method after one warm-up, "
+        f"interleaved. Measured fp32 matmul rate: **{s['matmul_gflops']:.0f} GFLOP/s**, so the 2·N bound is "
+        f"{s['matmul_gflops'] * 1e9 / (2 * s['n_params']):.0f} tokens/s.",
         "",
-        "| Method | generate calls / run | rows | tokens / run | stopped rows | median s | median tokens/s "
-        "| median CPU s | median tokens / CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Method | batches / run | rows | tokens / run | median s | median tokens/s | × GRPO | × plain HF "
+        "| GFLOP/s | % of 2·N bound | peak MiB above start |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in ((OURS, o), (GRPO_NAME, g)):
-        tokens = "/".join(str(t) for t in sorted(set(r["tokens"])))
-        finished = "/".join(str(t) for t in sorted(set(r["finished_rows"])))
+    for key, r in m.items():
+        vs = {o: (f"{r['median_tokens_per_s'] / m[o]['median_tokens_per_s']:.2f}×" if o in m else "–") for o in ("grpo", "hf")}
+        peak = f"{r['peak_mib_above_start']:.0f}" if r["peak_mib_above_start"] else "–"
         lines.append(
-            f"| {name} | {r['generate_calls_per_run']} | {r['rows']} | {tokens} | {finished} | "
-            f"{r['median_seconds']:.2f} | **{r['median_tokens_per_s']:.1f}** | {r['median_cpu_seconds']:.2f} | "
-            f"{r['median_tokens_per_cpu_s']:.1f} |"
+            f"| {METHODS[key]} | {r['generate_calls_per_run']} | {r['rows']} | {r['median_tokens']:.0f} | "
+            f"{r['median_seconds']:.2f} | **{r['median_tokens_per_s']:.1f}** | {vs['grpo']} | {vs['hf']} | "
+            f"{r['achieved_gflops']:.1f} | {100 * r['fraction_of_2N_bound']:.0f}% | {peak} |"
         )
     lines += [
         "",
-        f"**Speed-up (median tokens/s, ours / GRPO): {result['speedup_tokens_per_s']:.2f}×**  "
-        f"(median wall-time ratio GRPO / ours: {result['wall_time_ratio']:.2f}×; "
-        f"tokens per CPU-second ratio: {result['speedup_tokens_per_cpu_s']:.2f}×)",
+        f"Tokens: completion tokens per row up to and including the first stop token {s['stop_token_ids']} "
+        f"({', '.join(s['stop_tokens'])}), prompt and padding excluded. Seconds: wall time around the whole call. "
+        "GFLOP/s = tokens/s × 2·N (prefill, padding and finished-row work are overhead, not counted). Peak MiB above "
+        "start: the process's peak RSS during the call minus its RSS before it. Different methods draw random "
+        "numbers in a different order, so they sample different completions; compare tokens/s.",
         "",
-        "Stopped rows: rows that ended on a stop token before the token limit. CPU s: process CPU time of the "
-        "call, all threads (it includes threads spinning at barriers, so with several threads it is not pure work).",
-        "",
-        f"Peak RSS of the whole process (both agents loaded): {result['peak_rss_mib']:.0f} MiB.",
-        "",
-        "Tokens are counted identically for both: completion tokens per row up to and including the first stop "
-        f"token (prompt and padding excluded). Stop token ids for both: {s['stop_token_ids']} "
-        f"({', '.join(s['stop_tokens'])}). Seconds are wall time around the whole call "
-        "(`SelfSFT.sample` includes prompt rendering, tokenisation and decoding; `GRPO.get_action` receives "
-        "pre-tokenised prompt dicts and returns ids). Seed "
-        f"{s['seed']} set with `torch.manual_seed` before every run.",
+        f"Process peak RSS (all agents loaded): {result['peak_rss_mib']:.0f} MiB.",
         "",
         "## Notes",
         "",
+        *([f"- {n}" for n in result["notes"]] or ["- none"]),
+        "",
+        *environment_markdown(result),
     ]
-    lines += [f"- {n}" for n in result["notes"]] or ["- none"]
-    return "\n".join(lines + ["", *environment_markdown(result)])
-
-
-# ---------------------------------------------------------------------------------------------------------------
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -261,152 +252,86 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[generation_speed] {message}", flush=True)
 
     tasks = load_tasks(EVAL_FILE)
-    if args.prompts > len(tasks):
-        raise SystemExit(f"--prompts {args.prompts}: {EVAL_FILE} has only {len(tasks)} prompts")
-    tasks = tasks[: args.prompts]
-    chats = [t.messages for t in tasks]
+    while len(tasks) < args.prompts:  # more prompts than the file has: cycle through it
+        tasks = tasks + tasks
+    chats = [t.messages for t in tasks[: args.prompts]]
 
-    log(f"loading {MODEL} (fp32), {args.threads} thread(s)")
+    log(f"loading {MODEL} (fp32), {args.threads} thread(s); measuring the matmul rate")
+    roof = matmul_gflops()
     model, tokenizer = load_model(MODEL, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
     stop_ids = turn_end_token_ids(tokenizer)
-    notes: list[str] = []
-
-    # Same prompt tokens for both paths.
+    texts = [render_prompt(tokenizer, chat) for chat in chats]
     prompt_dicts = grpo_prompt_dicts(tokenizer, chats)
-    for chat, d in zip(chats, prompt_dicts, strict=True):
-        ours_ids = tokenizer(render_prompt(tokenizer, chat), add_special_tokens=False)["input_ids"]
-        if ours_ids != d["input_ids"][0].tolist():
-            raise RuntimeError(f"the two paths render different prompt tokens for {chat!r}")
-    prompt_tokens = sum(int(d["input_ids"].shape[1]) for d in prompt_dicts)
+    for text, d in zip(texts, prompt_dicts, strict=True):
+        if tokenizer(text, add_special_tokens=False)["input_ids"] != d["input_ids"][0].tolist():
+            raise RuntimeError(f"the two paths render different prompt tokens for {text!r}")
 
-    log("building SelfSFT and GRPO on separate copies of the same weights")
-    shared = {
-        "pad_token_id": tokenizer.pad_token_id,
-        "pad_token": tokenizer.pad_token,
-        "temperature": TEMPERATURE,
-        "top_p": 1.0,
-        "top_k": 0,
-        "use_vllm": False,
-        "device": device,
-        "seed": args.seed,
-    }  # a fresh copy of the weights and a fresh LoraConfig for each agent
-    ours = SelfSFT(
-        actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
-        num_generations=args.k, max_new_tokens=args.max_new_tokens, **shared,
-    )
-    grpo = GRPO(
-        actor_network=copy.deepcopy(model), lora_config=lora_config(), group_size=args.k,
-        max_output_tokens=args.max_new_tokens, **shared,
-    )
+    shared = {"pad_token_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token, "temperature": TEMPERATURE,
+              "top_p": 1.0, "top_k": 0, "use_vllm": False, "device": device, "seed": args.seed}
+    ours = SelfSFT(actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
+                   num_generations=args.k, max_new_tokens=args.max_new_tokens, generation_batch_size=args.batch_rows,
+                   **shared)
+    grpo = None
+    if "grpo" in args.methods:
+        grpo = GRPO(actor_network=copy.deepcopy(model), lora_config=lora_config(), group_size=args.k,
+                    max_output_tokens=args.max_new_tokens, **shared)
+        grpo.generation_config.eos_token_id = list(stop_ids)  # GRPO sets no eos of its own: give it ours
     del model
-    # GRPO's generation config (built in _setup_generation) sets no eos: generate would fall back to the model's
-    # own generation_config. Give it exactly our stop ids.
-    grpo.generation_config.eos_token_id = list(stop_ids)
-    if ours.generation_batch_size < args.k:
-        notes.append(f"generation_batch_size {ours.generation_batch_size} < K: SelfSFT makes one call per prompt")
-
-    log(f"stop ids {stop_ids} {tokenizer.convert_ids_to_tokens(stop_ids)}; GRPO generation config: "
-        + json.dumps({k: v for k, v in grpo.generation_config.to_diff_dict().items() if k != "transformers_version"}))
+    k, rows = args.k, args.batch_rows
+    calls = {
+        "ours": lambda: run_ours(ours, chats, k),
+        "loop_shared": lambda: run_loop(ours, texts, k, stop_ids, drop_finished=False),
+        "loop_plain": lambda: run_loop(ours, texts, k, stop_ids, share_prompts=False, drop_finished=False),
+        "hf": lambda: plain_hf_generate(ours, texts, k, rows, stop_ids),
+        "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids),
+    }
+    calls = {name: calls[name] for name in args.methods}
 
     load_before = machine_load()
-    log(f"machine load before the runs: {json.dumps(load_before)}")
-    timed = {
-        "ours": lambda: run_ours(ours, chats, args.k, args.seed),
-        "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids, args.seed),
-    }
     log("warm-up")
-    for run in timed.values():
-        run()
-
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "grpo": []}
+    for fn in calls.values():
+        timed(fn, args.seed)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
     for rep in range(args.repeats):
-        for name, run in timed.items():
-            r = run()
-            r["order"] = len(runs["ours"]) + len(runs["grpo"])
+        for name, fn in calls.items():
+            r = timed(fn, args.seed)
             runs[name].append(r)
-            log(f"repeat {rep + 1}/{args.repeats} {name:4s}: {r['tokens']} tokens in {r['seconds']:.2f} s "
-                f"= {r['tokens'] / r['seconds']:.1f} tokens/s ({r['finished_rows']}/{r['rows']} rows stopped)")
-
+            log(f"repeat {rep + 1}/{args.repeats} {name:11s}: {r['tokens']} tokens in {r['seconds']:.2f} s = "
+                f"{r['tokens'] / r['seconds']:.1f} tokens/s ({r['finished_rows']}/{r['rows']} rows stopped)")
     load_after = machine_load()
-    cpus = nproc()
+
+    notes = []
     busiest = max((x["loadavg_1_5_15"] or [0])[0] for x in (load_before, load_after))
-    if busiest > cpus:
-        notes.append(
-            f"The machine was busy: 1-minute load average up to {busiest:.1f} on {cpus} CPU(s) (see machine_load in "
-            "the JSON), so other processes competed for the cores and wall times are noisy (a descheduled thread "
-            "stalls every multi-threaded op, which costs most where there are the most forward passes); both "
-            "methods ran interleaved, but rerun on an idle machine (or with --threads 1) to confirm."
-        )
-    peak_rss = peak_rss_mib()
-    methods = {"ours": summarise(runs["ours"]), "grpo": summarise(runs["grpo"])}
-    methods["ours"]["name"], methods["grpo"]["name"] = OURS, GRPO_NAME
-    g = methods["grpo"]
-    if any(r["agilerl_action_mask_tokens"] != r["tokens"] for r in g["runs"]):
-        why = (
-            "it is exactly every non-pad token of prompt + completion after the first position: the prompt dicts (as "
-            "ReasoningGym yields them) carry no initial_prompt_len, so build_completion_mask gets prompt_len=None "
-            "and masks the prompt in too"
-            if all(r["agilerl_mask_is_all_non_pad_tokens"] for r in g["runs"])
-            else "see agilerl.utils.llm_utils.build_completion_mask"
-        )
-        notes.append(
-            "AgileRL's own action mask from GRPO.get_action would count "
-            f"{[r['agilerl_action_mask_tokens'] for r in g['runs']]} tokens per run, not {g['tokens']}: {why}; "
-            f"it also drops every token equal to the pad id {tokenizer.pad_token_id} ({tokenizer.pad_token!r}, "
-            "which is a stop id here). This benchmark does not use it: it slices the prompt off GRPO's ids and "
-            "counts completion tokens up to and including the first stop, as for SelfSFT."
-        )
-    if methods["ours"]["median_tokens"] != g["median_tokens"]:
-        notes.append(
-            "The two paths sample different completions (batched left-padded rows vs per-prompt groups draw "
-            "random numbers in a different order), so token counts differ; compare tokens/s."
-        )
+    if busiest > nproc():
+        notes.append(f"The machine was busy (1-minute load average up to {busiest:.1f} on {nproc()} CPUs): timings are noisy.")
+    methods = {name: summarise(r, 2 * n_params, roof) for name, r in runs.items()}
     result = {
         "benchmark": "generation_speed",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(),
         "settings": {
-            "model": MODEL,
-            "dtype": "float32",
-            "device": device,
-            "prompts_file": str(EVAL_FILE.relative_to(Path(agilerl_selfsft.__file__).resolve().parent.parent)),
-            "prompts": args.prompts,
-            "prompt_tokens": prompt_tokens,
-            "k": args.k,
-            "rows": args.prompts * args.k,
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": TEMPERATURE,
-            "top_p": 1.0,
-            "top_k": 0,
-            "repeats": args.repeats,
-            "warmup_runs": 1,
-            "seed": args.seed,
-            "threads": args.threads,
-            "quick": args.quick,
-            "stop_token_ids": stop_ids,
-            "stop_tokens": tokenizer.convert_ids_to_tokens(stop_ids),
-            "selfsft_generation_batch_size": ours.generation_batch_size,
+            "model": MODEL, "dtype": "float32", "device": device, "n_params": n_params, "matmul_gflops": roof,
+            "prompts": args.prompts, "k": args.k, "rows": args.prompts * args.k, "max_new_tokens": args.max_new_tokens,
+            "temperature": TEMPERATURE, "top_p": 1.0, "top_k": 0, "repeats": args.repeats, "warmup_runs": 1,
+            "seed": args.seed, "threads": args.threads, "quick": args.quick, "batch_rows": args.batch_rows,
+            "stop_token_ids": stop_ids, "stop_tokens": tokenizer.convert_ids_to_tokens(stop_ids),
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         },
         "machine": machine_info(args.threads),
         "machine_load": {"before": load_before, "after": load_after},
         "methods": methods,
-        "speedup_tokens_per_s": methods["ours"]["median_tokens_per_s"] / g["median_tokens_per_s"],
-        "wall_time_ratio": g["median_seconds"] / methods["ours"]["median_seconds"],
-        "speedup_tokens_per_cpu_s": methods["ours"]["median_tokens_per_cpu_s"] / g["median_tokens_per_cpu_s"],
-        "peak_rss_mib": peak_rss,
+        "peak_rss_mib": peak_rss_mib(),
         "notes": notes,
     }
-
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "generation_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "generation_speed.md").write_text(markdown(result))
-    log(
-        f"ours {methods['ours']['median_tokens_per_s']:.1f} tokens/s, GRPO {g['median_tokens_per_s']:.1f} tokens/s, "
-        f"speed-up {result['speedup_tokens_per_s']:.2f}x; peak RSS {peak_rss:.0f} MiB"
-    )
-    log(f"wrote {out / 'generation_speed.json'} and {out / 'generation_speed.md'}")
+    stem = "generation_speed" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    for name, r in methods.items():
+        log(f"{name:11s} {r['median_tokens_per_s']:7.1f} tokens/s  {100 * r['fraction_of_2N_bound']:.0f}% of the 2N bound")
+    log(f"wrote {out / stem}.json and .md")
     return result
 
 

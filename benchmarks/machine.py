@@ -103,8 +103,24 @@ def matmul_gflops(seconds: float = 2.0, size: int = 2048) -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    """Peak resident memory of this process, in MiB: since :func:`reset_peak_rss` where Linux allows resetting it
+    (``VmHWM``), else since the start (``ru_maxrss``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux ``/proc/self/clear_refs``); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def environment_markdown(result: dict[str, Any]) -> list[str]:

@@ -86,3 +86,12 @@ def test_top_p_keeps_only_the_nucleus(model, tokenizer):
 def test_an_empty_prompt_is_refused(model, tokenizer):
     with pytest.raises(ValueError, match="empty prompt"):
         sample(model, tokenizer, ["Hi", ""], 2, Sampling(max_new_tokens=3, stop_token_ids=[2]))
+
+
+@pytest.mark.parametrize(("share", "drop"), [(False, False), (False, True), (True, False)])
+def test_sharing_and_dropping_change_the_work_not_the_tokens(model, tokenizer, texts, share, drop):
+    sampling = Sampling(max_new_tokens=8, stop_token_ids=[2, 30], greedy=True)
+    fast = sample(model, tokenizer, texts, 2, sampling)
+    plain = sample(model, tokenizer, texts, 2, sampling, share_prompts=share, drop_finished=drop)
+    assert plain.token_ids == fast.token_ids and plain.finished == fast.finished
+    assert plain.computed_rows >= fast.computed_rows
