@@ -191,3 +191,164 @@ def test_rows_without_labels_are_left_out_and_an_unlabelled_micro_batch_is_one_b
 def test_no_split_is_one_trimmed_bucket():
     extents = [10, 30, 12, 0]
     assert plan_buckets(range(4), extents, [True, True, True, False], split=False) == [Bucket((0, 1, 2), 30)]
+
+
+# ---- learn on buckets == learn on the whole micro-batch ----
+def test_bucketed_loss_and_gradient_equal_the_whole_batch(make_agent, tokenizer):
+    batch = mixed_batch(tokenizer)
+    agent = make_agent(batch_size=10)
+    expected_loss, _, expected = whole_batch_grads(agent, batch)
+    shapes = count_forwards(agent)
+    calls = []
+    out, grads = learn_grads(agent, batch, calls)
+    assert len(shapes) > 1  # really bucketed
+    assert all(width < batch["input_ids"].shape[1] for _, width in shapes[1:])
+    assert len(calls) == 1  # one optimizer step for the micro-batch, as before
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert out["perplexity"] == pytest.approx(math.exp(expected_loss), rel=1e-5)
+    assert_grads_close(grads, expected)
+    assert out["padding"] <= 0.1
+    assert out["tokens"] == int(batch["attention_mask"].sum())
+
+
+def test_deepspeed_path_makes_one_backward_of_the_summed_buckets(make_agent, tokenizer):
+    """Under DeepSpeed the engine must see one backward per micro-batch: the bucket losses go in together."""
+    batch = mixed_batch(tokenizer)
+    agent = make_agent(batch_size=10)
+    expected_loss, _, expected = whole_batch_grads(agent, batch)
+    agent._uses_deepspeed = True  # only the backward route changes; _backward_pass is replaced below
+    shapes = count_forwards(agent)
+    calls = []
+    out, grads = learn_grads(agent, batch, calls)
+    assert len(shapes) > 1
+    assert calls == [pytest.approx(expected_loss, rel=1e-5)]
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert_grads_close(grads, expected)
+
+
+def test_tight_token_budget_and_kl_term_keep_the_gradient(make_agent, tokenizer):
+    batch = mixed_batch(tokenizer, seed=3)
+    agent = make_agent(batch_size=10, kl_coef=0.5, micro_batch_tokens=8)
+    torch.manual_seed(1)
+    with torch.no_grad():  # move the actor off the reference, so the KL and its gradient are not zero
+        for name, p in actor_lora(agent).items():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    expected_ce, expected_kl, expected = whole_batch_grads(agent, batch)
+    assert expected_kl > 1e-6
+    shapes = count_forwards(agent)
+    out, grads = learn_grads(agent, batch)
+    assert len(shapes) == batch["input_ids"].shape[0]  # every row is longer than 8 tokens: one bucket each
+    assert out["padding"] == 0.0
+    assert out["loss"] == pytest.approx(expected_ce, rel=1e-5)
+    assert out["kl"] == pytest.approx(expected_kl, rel=1e-4)
+    assert_grads_close(grads, expected)
+
+
+def test_one_row_and_equal_lengths(make_agent, tokenizer):
+    agent = make_agent(batch_size=3)
+    one = collate(tokenizer, mixed_chats(1))
+    expected_loss, _, expected = whole_batch_grads(agent, one)
+    out, grads = learn_grads(agent, one)
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5) and out["padding"] == 0.0
+    assert_grads_close(grads, expected)
+
+    chat = mixed_chats(1)[0]
+    same = collate(tokenizer, [chat, chat, chat])
+    expected_loss, _, expected = whole_batch_grads(agent, same)
+    shapes = count_forwards(agent)
+    out, grads = learn_grads(agent, same)
+    assert shapes == [tuple(same["input_ids"].shape)] and out["padding"] == 0.0
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert_grads_close(grads, expected)
+
+
+def test_micro_batches_keep_their_rows_and_steps(make_agent, tokenizer):
+    """micro_batch_size_per_gpu=4 on 10 rows: three micro-batches (three steps), each its own token mean."""
+    batch = mixed_batch(tokenizer)
+    agent = make_agent(batch_size=10, micro_batch_size_per_gpu=4)
+    expected = []
+    for rows in (slice(0, 4), slice(4, 8), slice(8, 10)):
+        part = {k: v[rows] for k, v in batch.items()}
+        expected.append(whole_batch_grads(agent, part)[0])
+    shapes = count_forwards(agent)
+    calls = []
+    out, _ = learn_grads(agent, batch, calls)
+    assert len(calls) == 3
+    assert out["loss"] == pytest.approx(sum(expected) / 3, rel=1e-5)
+    assert sum(rows for rows, _ in shapes) == 10
+    # under DeepSpeed each of the three backward passes gets its micro-batch's whole token-mean loss
+    agent._uses_deepspeed = True
+    calls = []
+    learn_grads(agent, batch, calls)
+    assert calls == pytest.approx(expected, rel=1e-5)
+
+
+def test_rows_without_reply_tokens_are_skipped_and_an_empty_batch_still_steps(make_agent, tokenizer):
+    batch = mixed_batch(tokenizer)
+    batch["loss_mask"][[1, 4]] = 0
+    agent = make_agent(batch_size=10)
+    expected_loss, _, expected = whole_batch_grads(agent, batch)
+    shapes = count_forwards(agent)
+    out, grads = learn_grads(agent, batch)
+    assert sum(rows for rows, _ in shapes) == 8
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert_grads_close(grads, expected)
+    # nothing to learn: loss 0, zero (not missing) gradients, and the optimizer step is still taken
+    calls = []
+    out, grads = learn_grads(agent, {**batch, "loss_mask": torch.zeros_like(batch["loss_mask"])}, calls)
+    assert out["loss"] == 0.0 and len(calls) == 1
+    assert all(float(g.abs().max()) == 0.0 for g in grads.values())
+
+
+def test_a_non_finite_bucket_raises_and_leaves_no_gradient(make_agent, tokenizer):
+    batch = mixed_batch(tokenizer)
+    agent = make_agent(batch_size=10)
+    real = agent._selfsft_loss
+    calls = []
+
+    def nan_in_second(*args, **kwargs):
+        ce, kl = real(*args, **kwargs)
+        calls.append(1)
+        return (ce * float("nan"), kl) if len(calls) == 2 else (ce, kl)
+
+    agent._selfsft_loss = nan_in_second
+    before = {n: p.detach().clone() for n, p in actor_lora(agent).items()}
+    with pytest.raises(ValueError, match="not finite"):
+        agent.learn(batch)
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in actor_lora(agent).values())
+    assert all(torch.equal(before[n], p) for n, p in actor_lora(agent).items())
+
+
+# ---- the same optimisation as AgileRL's SFT.learn ----
+def test_selfsft_learn_equals_agilerl_sft_learn(make_agent, tiny_model_factory, tokenizer):
+    """Same weights, same adapters, same batch (masked by prompt_lengths): same loss and the same update."""
+    from agilerl.algorithms.sft import SFT
+
+    batch = mixed_batch(tokenizer)
+    batch.pop("loss_mask")  # both mask by prompt_lengths, as AgileRL's SFTGym batches do
+    ours = make_agent(batch_size=10, micro_batch_size_per_gpu=5, lr=1e-3, max_grad_norm=1.0)
+    torch.manual_seed(0)
+    sft = SFT(
+        pad_token_id=tokenizer.pad_token_id,
+        pad_token=tokenizer.pad_token,
+        actor_network=tiny_model_factory(),
+        lora_config=lora_config(),
+        batch_size=10,
+        micro_batch_size_per_gpu=5,
+        lr=1e-3,
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+    )
+    theirs = actor_lora(sft)
+    with torch.no_grad():
+        for name, p in actor_lora(ours).items():
+            theirs[name].copy_(p)
+    shapes = count_forwards(ours)
+    for _ in range(2):
+        a, b = ours.learn(batch), sft.learn(batch)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert len(shapes) > 4  # bucketed: more forward passes than SFT's 2 per call
+    for name, p in actor_lora(ours).items():
+        torch.testing.assert_close(p, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in actor_lora(ours).items() if "lora_B" in n)
