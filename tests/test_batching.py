@@ -167,7 +167,11 @@ def test_plan_is_the_fewest_buckets_within_the_padding_bound_and_the_least_paddi
         ok = all(len(g) == 1 or max_tokens is None or len(g) * max(extents[r] for r in g) <= max_tokens for g in part)
         return ok, padding_fraction(computed, sum(extents)), computed
 
-    feasible = [(len(p), c) for p in all_partitions(list(range(n))) for ok, f, c in [cost(p)] if ok and f <= max_padding + 1e-12]
+    feasible = []
+    for part in all_partitions(list(range(n))):
+        ok, fraction, computed = cost(part)
+        if ok and fraction <= max_padding + 1e-12:
+            feasible.append((len(part), computed))
     fewest = min(k for k, _ in feasible)
     least = min(c for k, c in feasible if k == fewest)
     assert len(buckets) == fewest
