@@ -6,16 +6,14 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
-from agilerl.algorithms.core.base import LLMAlgorithm
 from agilerl.algorithms.sft import SFT
-from agilerl.utils.llm_utils import gather_if_ds_param
 from transformers import PreTrainedTokenizerBase
 
+from agilerl_selfsft import generation
 from agilerl_selfsft.chat import Message, render_prompt, turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft import generation
 from agilerl_selfsft.generation import Generations, Sampling
+from agilerl_selfsft.learning import BucketedLearning
 from agilerl_selfsft.population import SharedBasePopulation
 
 if TYPE_CHECKING:
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
     from peft import LoraConfig
 
 
-class SelfSFT(SharedBasePopulation, SFT):
+class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     """Self-improvement by supervised fine-tuning (expert iteration / rejection-sampling fine-tuning).
 
     A drop-in :class:`agilerl.algorithms.sft.SFT` — same constructor arguments, same batches, works in
@@ -86,6 +84,14 @@ class SelfSFT(SharedBasePopulation, SFT):
     :param selection_top_fraction: this agent's share of samples kept by ``top_fraction`` selection, defaults
         to None (the environment's); set it to mutate it
     :type selection_top_fraction: float, optional
+    :param micro_batch_tokens: most tokens (rows × padded length) per forward pass in :meth:`learn`, defaults to
+        None (no cap beyond the micro-batch). ``micro_batch_size_per_gpu`` keeps AgileRL's meaning — the rows
+        whose token-mean loss makes one backward pass (and, without DeepSpeed, one optimizer step) — and
+        :meth:`learn` runs each micro-batch in length buckets: rows of similar length together, cut to their
+        longest, the fewest buckets with at most :attr:`bucket_max_padding` padding, each within this cap.
+        Lower it to bound activation memory without changing the optimisation (without DeepSpeed one bucket
+        is in memory at a time; under DeepSpeed a micro-batch's buckets are backpropagated together)
+    :type micro_batch_tokens: int, optional
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class SelfSFT(SharedBasePopulation, SFT):
         max_model_len: int = 1024,
         selection_threshold: float | None = None,
         selection_top_fraction: float | None = None,
+        micro_batch_tokens: int | None = None,
     ) -> None:
         if not clone:
             # LoRA's A matrices are drawn from torch's global RNG, which is seeded at random per process:
@@ -173,6 +180,8 @@ class SelfSFT(SharedBasePopulation, SFT):
             raise ValueError(f"num_generations must be >= 1, got {num_generations}")
         if kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        if micro_batch_tokens is not None and micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens must be >= 1 or None, got {micro_batch_tokens}")
         # The tokenizer is kept private: AgileRL persists every public attribute in attributes.pt and would
         # pickle it; clone() re-attaches it instead.
         self._tokenizer = tokenizer
@@ -186,6 +195,7 @@ class SelfSFT(SharedBasePopulation, SFT):
         self.max_model_len = max_model_len
         self.selection_threshold = selection_threshold
         self.selection_top_fraction = selection_top_fraction
+        self.micro_batch_tokens = micro_batch_tokens
         for name in ("selection_threshold", "selection_top_fraction"):
             if hp_config is not None and name in hp_config and getattr(self, name) is None:
                 raise SelfSFTError(f"hp_config mutates {name}, but it is None: pass {name}=<start value> to SelfSFT")
@@ -195,6 +205,8 @@ class SelfSFT(SharedBasePopulation, SFT):
         self.vllm_config = vllm_config
         self.use_vllm = use_vllm
         self.metrics.register("kl")
+        self.metrics.register("tokens")  # AgileRL reports these as train/tokens and train/padding ("/" would
+        self.metrics.register("padding")  # make them nested, per-sub-agent metrics)
         if use_vllm:
             # SFT.__init__ builds the trainer without vLLM; start the colocated engine after it (the
             # trainer-first order AgileRL uses for quantised models); only LoRA weights are synced to it.
@@ -302,86 +314,3 @@ class SelfSFT(SharedBasePopulation, SFT):
                 out.num_tokens += len(kept)
         out.seconds = time.perf_counter() - start
         return out
-
-    # ---- learning ----
-    def learn(self, experiences: dict[str, Any], training: bool = True) -> dict[str, float]:
-        """Response-only cross-entropy (plus ``kl_coef`` × KL to the reference) on one batch.
-
-        :param experiences: an ``SFTPrompts`` batch: ``input_ids``, ``attention_mask``, ``prompt_lengths``,
-            and optionally ``loss_mask`` (1 on the tokens to learn: every assistant turn)
-        :type experiences: dict
-        :param training: when ``False`` only the loss is computed, defaults to True
-        :type training: bool, optional
-        :return: ``{"loss", "perplexity", "kl"}`` averaged over micro-batches and epochs
-        :rtype: dict[str, float]
-        """
-        input_ids = experiences["input_ids"]
-        attention_mask = experiences["attention_mask"].long()
-        mask = experiences.get("loss_mask")
-        if mask is None:
-            mask = LLMAlgorithm._create_prompt_masks(experiences["prompt_lengths"], max_length=input_ids.shape[1])
-        mask = (mask.cpu() * attention_mask.cpu())[:, 1:]  # position t predicts token t+1
-        labels = torch.where(mask.bool(), input_ids[:, 1:].cpu(), -100)
-
-        n = input_ids.shape[0]
-        micro = min(n, self.micro_batch_size_per_gpu or n)
-        totals = {"loss": 0.0, "perplexity": 0.0, "kl": 0.0}
-        steps = 0
-        for _ in range(self.update_epochs):
-            for start in range(0, n, micro):
-                rows = slice(start, min(start + micro, n))
-                with torch.set_grad_enabled(training):
-                    ce, kl = self._selfsft_loss(
-                        input_ids[rows].to(self.device),
-                        attention_mask[rows].to(self.device),
-                        labels[rows].to(self.device),
-                        training,
-                    )
-                    loss = ce + self.kl_coef * kl if self.kl_coef > 0 else ce
-                if training:
-                    self._raise_if_loss_not_finite_on_any_rank(loss)
-                    self._backward_pass(loss)
-                totals["loss"] += ce.item()
-                totals["perplexity"] += float(torch.exp(ce.detach().clamp(max=100)))
-                totals["kl"] += float(kl.detach())
-                steps += 1
-        result = {key: value / max(steps, 1) for key, value in totals.items()}
-        if training:
-            for key, value in result.items():
-                self.metrics.log(key, value)
-        return result
-
-    def _selfsft_loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, training: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy on the labelled tokens, and KL(actor ‖ reference) there when ``kl_coef > 0``.
-
-        Logits are computed only at labelled positions (the lm_head is patched to identity for the
-        transformer pass), so the ``(B, L, V)`` tensor is never built.
-        """
-        self.actor.train(mode=training)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-        if self.calc_position_embeddings:
-            kwargs["position_ids"] = self._position_ids_from_mask(attention_mask)
-        keep = labels != -100
-        targets = labels[keep]
-        logits = self._logits_at(kwargs, keep)
-        ce = F.cross_entropy(logits, targets) if targets.numel() else logits.sum() * 0.0
-        kl = torch.zeros((), device=logits.device)
-        if self.kl_coef > 0 and targets.numel():
-            with torch.no_grad(), self.select_adapter("reference"):
-                self.actor.train(mode=False)  # no LoRA dropout in the anchor
-                ref_logits = self._logits_at(kwargs, keep)
-                self.actor.train(mode=training)
-            kl = F.kl_div(
-                F.log_softmax(ref_logits, dim=-1), F.log_softmax(logits, dim=-1), log_target=True, reduction="batchmean"
-            )
-        return ce, kl
-
-    def _logits_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
-        """fp32 logits ``(N, V)`` for the N positions where ``keep`` (shifted, ``[B, L-1]``) is true."""
-        with self._patch_lm_head_to_identity() as lm_head:
-            hidden = self.actor.forward(**model_kwargs).logits  # [B, L, H]: the lm_head is identity here
-        picked = hidden[:, :-1, :][keep]
-        with gather_if_ds_param(lm_head.weight, lm_head.bias):
-            return F.linear(picked, lm_head.weight, lm_head.bias).float()

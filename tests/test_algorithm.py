@@ -191,7 +191,7 @@ def test_learn_trains_the_actor_and_never_the_reference(tiny_agent, tokenizer):
     reference_before = lora_params(tiny_agent, "reference")
     assert actor_before and reference_before
     out = tiny_agent.learn(batch)
-    assert set(out) == {"loss", "perplexity", "kl"}
+    assert set(out) == {"loss", "perplexity", "kl", "tokens", "padding"}
     assert math.isfinite(out["loss"]) and out["loss"] > 0
     assert out["perplexity"] == pytest.approx(math.exp(out["loss"]), rel=1e-5)
     actor_after = lora_params(tiny_agent, "actor")
@@ -301,6 +301,31 @@ def test_kl_term_changes_the_update(make_agent, tokenizer):
     # the anchored agent stays closer to the reference
     plain.kl_coef = anchored.kl_coef = 1.0
     assert anchored.learn(batch, training=False)["kl"] < plain.learn(batch, training=False)["kl"]
+
+
+def test_learn_reports_tokens_and_padding_as_agilerl_metrics(tiny_agent, tokenizer):
+    batch = collate(tokenizer, [SINGLE[0], SINGLE[1], SINGLE[0]])  # two lengths, close
+    mask = batch["attention_mask"]
+    padded = 1 - mask.sum().item() / mask.numel()
+    assert 0 < padded <= 0.1
+    out = tiny_agent.learn(batch)  # padding within bucket_max_padding (0.1): one bucket, as AgileRL pads it
+    assert out["tokens"] == mask.sum().item()
+    assert out["padding"] == pytest.approx(padded)
+    tiny_agent.bucket_max_padding = 0.0  # now a bucket per length: no padding
+    out = tiny_agent.learn(batch)
+    assert out["padding"] == 0.0
+    assert tiny_agent.metrics.additional_metrics == ["loss", "perplexity", "kl", "tokens", "padding"]
+    assert tiny_agent.metrics.get_mean("tokens") == mask.sum().item()
+    assert tiny_agent.metrics.get_mean("padding") == pytest.approx(padded / 2)
+    tiny_agent.learn(batch, training=False)  # evaluation logs nothing
+    assert len(tiny_agent.metrics._additional_metrics["tokens"]) == 2
+
+
+def test_micro_batch_tokens_is_kept_by_clone_and_checked(make_agent):
+    agent = make_agent(micro_batch_tokens=256)
+    assert agent.clone().micro_batch_tokens == 256
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        make_agent(micro_batch_tokens=0)
 
 
 def test_micro_batches_give_the_same_loss(make_agent, tokenizer):
