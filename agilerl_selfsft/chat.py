@@ -88,7 +88,7 @@ def collate(
         :func:`tokenize_conversation`), defaults to None (every assistant turn of every conversation)
     """
     starts = learn_from if learn_from is not None else [0] * len(conversations)
-    rows = [tokenize_conversation(tokenizer, c, max_length, start) for c, start in zip(conversations, starts, strict=True)]
+    rows = [tokenize_conversation(tokenizer, c, max_length, i) for c, i in zip(conversations, starts, strict=True)]
     width = max(len(ids) for ids, _, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -37,7 +37,8 @@ def prefix() -> list[dict[str, str]]:
     """The solved examples every question starts with, as chat turns."""
     turns = []
     for a, op, b in EXAMPLES:
-        turns += [{"role": "user", "content": INSTRUCTION.format(a=a, op=op, b=b)}, {"role": "assistant", "content": solve(a, op, b)}]
+        turns += [{"role": "user", "content": INSTRUCTION.format(a=a, op=op, b=b)},
+                  {"role": "assistant", "content": solve(a, op, b)}]
     return turns
 
 
