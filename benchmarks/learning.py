@@ -198,6 +198,12 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {method} | {mean_std(row['sampled'])} | {mean_std(row['greedy'])} | {row['train_s']:.0f} | "
                          f"{row['iterations']:.1f} | {row['gen_tokens']:.0f} | {row['trained_tokens']:.0f} | "
                          f"{row['points']:.1f} | {row['peak_rss_mib']} |")
+        grpo = [r for r in result["runs"] if r["task"] == task and "grpo_repeats_in_first_pass" in r]
+        if grpo:
+            lines += ["", f"GRPO data order: {sum(r['grpo_prompts_seen'] for r in grpo)} train prompts drawn in "
+                      f"{len(grpo)} runs; prompts repeated within a run's first pass over the train set: "
+                      f"{sum(r['grpo_repeats_in_first_pass'] for r in grpo)} (successive `finetune_llm_reasoning` calls "
+                      "continue through the dataset)."]
         lines += ["", *goals(result, task, table), "", f"![{task}](learning_{task}.png)", ""]
     failed = [r for r in result["runs"] if r.get("error")]
     if failed:

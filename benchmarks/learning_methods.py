@@ -277,7 +277,8 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
 
             train_until_budget(grpo_iteration, to_evaluator)
         first_pass = genv.prompts_seen[: len(train)]
-        extra = {"grpo_prompts_seen": len(genv.prompts_seen), "grpo_distinct_in_first_pass": len(set(first_pass)),
+        extra = {"grpo_prompts_seen": len(genv.prompts_seen),  # a restart would repeat prompts within a pass
+                 "grpo_repeats_in_first_pass": len(first_pass) - len(set(first_pass)),
                  "grpo_first_prompts": genv.prompts_seen[:3]}
     else:
         raise ValueError(f"unknown method {method!r}; choose base or one of {', '.join(METHODS)}")
