@@ -42,17 +42,21 @@ def turn_end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase, messages: list[Message], max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], max_length: int | None = None, learn_from: int = 0
 ) -> tuple[list[int], list[int], int]:
     """Token ids of a whole conversation, a 0/1 mask of the assistant-turn tokens, and the prompt length.
 
-    The prompt length is the number of tokens before the first assistant turn (what AgileRL's SFT masks by).
+    The prompt length is the number of tokens before the first learned assistant turn (what AgileRL's SFT
+    masks by).
+
+    :param learn_from: index of the first message that may carry loss: assistant turns before it are context
+        (e.g. a prompt's few-shot examples) and get mask 0, defaults to 0 (every assistant turn)
     """
     ids: list[int] = []
     mask: list[int] = []
     prompt_length: int | None = None
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < learn_from:
             continue
         before = _encode(tokenizer, tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
         through = _encode(tokenizer, tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
@@ -70,14 +74,21 @@ def tokenize_conversation(
 
 
 def collate(
-    tokenizer: PreTrainedTokenizerBase, conversations: list[list[Message]], max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[Message]],
+    max_length: int | None = None,
+    learn_from: list[int] | None = None,
 ) -> dict[str, Any]:
     """A right-padded training batch in AgileRL's ``SFTPrompts`` format, plus ``loss_mask``.
 
     Keys: ``prompt``, ``response`` (texts, for logging), ``prompt_lengths``, ``input_ids``, ``attention_mask``
     and ``loss_mask`` (1 on every assistant-turn token, 0 on system/user/tool turns and padding).
+
+    :param learn_from: per conversation, the first message that may carry loss (see
+        :func:`tokenize_conversation`), defaults to None (every assistant turn of every conversation)
     """
-    rows = [tokenize_conversation(tokenizer, c, max_length) for c in conversations]
+    starts = learn_from if learn_from is not None else [0] * len(conversations)
+    rows = [tokenize_conversation(tokenizer, c, max_length, i) for c, i in zip(conversations, starts, strict=True)]
     width = max(len(ids) for ids, _, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -23,10 +23,11 @@ class SelfSFTGym:
     """Train and held-out prompts, a reward, and the buffer of selected samples that training batches come from.
 
     Batches have AgileRL's ``SFTPrompts`` format (``prompt``, ``response``, ``prompt_lengths``, right-padded
-    ``input_ids`` and ``attention_mask``) plus a ``loss_mask`` over assistant tokens. ``reset()`` shuffles the
-    buffer and returns its first batch; ``step()`` returns the next, starting a new shuffled pass (and
-    counting ``num_epochs``) when the buffer is used up. ``eval_mode()`` switches :attr:`prompts` to the
-    held-out set.
+    ``input_ids`` and ``attention_mask``) plus a ``loss_mask`` over the sample's own (last, assistant) turn:
+    assistant turns inside a task's prompt, such as few-shot examples, are context and carry no loss.
+    ``reset()`` shuffles the buffer and returns its first batch; ``step()`` returns the next, starting a new
+    shuffled pass (and counting ``num_epochs``) when the buffer is used up. ``eval_mode()`` switches
+    :attr:`prompts` to the held-out set.
 
     With a population, every agent trains on its own samples: :meth:`refill` takes the agent's index and
     keeps one replay memory per agent (:attr:`replays`); after a tournament, :meth:`inherit_replays` hands
@@ -238,4 +239,6 @@ class SelfSFTGym:
         self._cursor += len(rows)
         if self._world > 1:  # this process's slice; every rank draws the same rows (same random state)
             rows = shard_rows(rows, self._world, self.accelerator.process_index)
-        return collate(self.tokenizer, [self.buffer[i].messages for i in rows], self.max_context_length)
+        chats = [self.buffer[i].messages for i in rows]
+        # a sample's own turn is its last message: assistant turns of the prompt (few-shot examples) are context
+        return collate(self.tokenizer, chats, self.max_context_length, learn_from=[len(c) - 1 for c in chats])

@@ -14,6 +14,7 @@ from typing import Any
 from agilerl_selfsft.errors import SelfSFTError
 
 CAPITALS_DIR = Path(__file__).parent / "tasks" / "capitals"
+ARITHMETIC_DIR = Path(__file__).parent / "tasks" / "arithmetic"  # small + and - with a 3-shot prefix; reward first_number
 
 
 @dataclass

@@ -192,3 +192,14 @@ def test_sample_prompts_visits_every_train_prompt_once_per_pass(tokenizer):
 def test_constructor_errors(tokenizer, kwargs, match):
     with pytest.raises(SelfSFTError, match=match):
         make_env(tokenizer, **kwargs)
+
+
+def test_assistant_turns_of_the_prompt_carry_no_loss(tokenizer):
+    """Few-shot examples inside a task's chat are context: only the sample's own (last) turn is learned."""
+    shots = [{"role": "user", "content": "What is 4 + 3?"}, {"role": "assistant", "content": "7"}]
+    task = Task(0, [*shots, {"role": "user", "content": "What is 5 + 1?"}], None, {"answer": "6"})
+    env = make_env(tokenizer, "first_number", train=[task])
+    env.refill([Scored(0, [*task.messages, {"role": "assistant", "content": "6"}], "6", 1.0)])
+    batch = env.reset()
+    learned = tokenizer.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()])
+    assert learned.startswith("6<|im_end|>") and "7" not in learned
