@@ -68,7 +68,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     :type top_k: int, optional
     :param max_new_tokens: longest completion, defaults to 64
     :type max_new_tokens: int, optional
-    :param generation_batch_size: most rows per ``generate`` call (prompts × K), defaults to 64
+    :param generation_batch_size: most rows (prompts × K) decoded together, defaults to 128
     :type generation_batch_size: int, optional
     :param kl_coef: weight of the KL(actor ‖ reference) penalty in :meth:`learn`, defaults to 0.0
     :type kl_coef: float, optional
@@ -130,7 +130,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         top_p: float = 1.0,
         top_k: int = 0,
         max_new_tokens: int = 64,
-        generation_batch_size: int = 64,
+        generation_batch_size: int = 128,
         kl_coef: float = 0.0,
         use_vllm: bool = False,
         vllm_config: Any | None = None,
