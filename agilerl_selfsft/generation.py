@@ -221,9 +221,10 @@ def _decode(
         ended = torch.isin(chosen, stops)
         if not drop_finished:  # finished rows decode on; what they emit after their stop is cut below
             ended = done = ended | done
-        if step == sampling.max_new_tokens - 1 or bool(ended.all()):
+        n_ended = int(ended.sum())  # one host sync per step
+        if step == sampling.max_new_tokens - 1 or n_ended == len(live):
             break
-        if drop_finished and bool(ended.any()):  # 4. finished rows leave the batch
+        if drop_finished and n_ended:  # 4. finished rows leave the batch
             keep = (~ended).nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             live, chosen, mask, position = live[keep], chosen[keep], mask[keep], position[keep]
