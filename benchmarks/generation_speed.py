@@ -6,10 +6,11 @@ checked to be token-identical), draw K completions per prompt with the same samp
 top-p 1, no top-k, ``max_new_tokens``) and stop on the same token ids (``agilerl_selfsft.chat.turn_end_token_ids``).
 
 - ``ours``: ``SelfSFT.sample(prompts, K)``: the decode loop of ``agilerl_selfsft.generation`` (shared prompt
-  prefix prefilled once, each prompt prefilled once for its K rows, finished rows dropped), up to
-  ``generation_batch_size`` rows per batch;
-- ``loop_shared`` / ``loop_plain``: the same loop with row dropping off / with sharing and dropping off (the
-  ablation: what each step buys);
+  prefix prefilled once, each prompt prefilled once for its K rows, finished rows dropped, freed rows refilled
+  with waiting prompts, LoRA folded into a copy of the weights), up to ``generation_batch_size`` live rows;
+- ``loop_refill`` / ``loop_dropped`` / ``loop_shared`` / ``loop_plain``: the same loop with one step after
+  another switched off (LoRA folding; refilling; dropping finished rows; sharing the prefill): the ablation,
+  what each step buys;
 - ``hf``: plain batched ``generate`` on the same actor: prompts left-padded, each repeated K times, the same
   rows per call as ours;
 - ``grpo``: ``GRPO.get_action(prompt_dicts, training=True)`` with ``use_vllm=False``: one ``generate`` call per
@@ -19,6 +20,10 @@ Generated tokens are counted the same way for all: per row, completion tokens up
 token (the whole row when it never stopped). FLOP utilisation = tokens/s × 2·N / the machine's measured fp32
 matmul rate (N = the base model's parameters; LoRA and attention FLOPs are not counted). Peak memory: the
 process's peak RSS during each call above its RSS before it (``/proc/self/clear_refs``), or max allocated on GPU.
+
+The ceiling: tokens/s of one decode step of the bare base model (no LoRA, no sampling, no prefill, no
+finished rows) at a fixed number of rows, after a prefill of the first prompt; no generation loop can beat it at
+that many live rows on this machine.
 
 Each method is warmed up once, then timed ``--repeats`` times, interleaved, with ``torch.manual_seed(--seed)``
 before every run. Run from the repository root::
@@ -71,7 +76,9 @@ DEFAULTS = {"prompts": 16, "k": 4, "max_new_tokens": 32, "repeats": 3}
 QUICK = {"prompts": 2, "k": 2, "max_new_tokens": 8, "repeats": 1}
 TEMPERATURE = 0.8
 METHODS = {
-    "ours": "SelfSFT.sample (decode loop: shared prefill + finished rows dropped)",
+    "ours": "SelfSFT.sample (decode loop: all of the below + LoRA folded into the weights)",
+    "loop_refill": "decode loop, shared prefill, finished rows dropped, freed rows refilled",
+    "loop_dropped": "decode loop, shared prefill, finished rows dropped",
     "loop_shared": "decode loop, shared prefill, finished rows decode on",
     "loop_plain": "decode loop, every row prefilled, finished rows decode on",
     "hf": "plain batched HF generate (prompts × K rows per call)",
@@ -186,6 +193,25 @@ def run_grpo(agent: GRPO, prompt_dicts: list[dict[str, Any]], stop_ids: list[int
     return tokens, finished, len(prompt_dicts)
 
 
+@torch.inference_mode()
+def decode_ceiling(model: Any, prompt_ids: list[int], rows: int, steps: int = 12) -> dict[str, float]:
+    """Steady-state tokens/s of the bare model's decode step at ``rows`` rows (median step of ``steps``)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids] * rows, device=device)
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache, token, times = out.past_key_values, out.logits[:, -1].argmax(-1), []
+    for step in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        token = model(input_ids=token[:, None], past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times[2:])
+    return {"rows": rows, "step_ms": 1000 * step_s, "tokens_per_s": rows / step_s}
+
+
 def summarise(runs: list[dict[str, Any]], flops_per_token: float, roof_gflops: float) -> dict[str, Any]:
     rate = statistics.median(r["tokens"] / r["seconds"] for r in runs)
     return {
@@ -232,6 +258,11 @@ def markdown(result: dict[str, Any]) -> str:
         "start: the process's peak RSS during the call minus its RSS before it. Different methods draw random "
         "numbers in a different order, so they sample different completions; compare tokens/s.",
         "",
+        "Ceiling: one decode step of the bare base model (no LoRA, sampling, prefill or finished rows) at a fixed "
+        "number of live rows: "
+        + ", ".join(f"{c['rows']} rows {c['tokens_per_s']:.0f} tokens/s ({100 * c['fraction_of_2N_bound']:.0f}%)"
+                    for c in result.get("ceiling", [])) + ".",
+        "",
         f"Process peak RSS (all agents loaded): {result['peak_rss_mib']:.0f} MiB.",
         "",
         "## Notes",
@@ -277,12 +308,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grpo = GRPO(actor_network=copy.deepcopy(model), lora_config=lora_config(), group_size=args.k,
                     max_output_tokens=args.max_new_tokens, **shared)
         grpo.generation_config.eos_token_id = list(stop_ids)  # GRPO sets no eos of its own: give it ours
+    log("ceiling: the bare model's decode step at fixed row counts")
+    ceiling_rows = sorted({r for r in (1, 16, 64, 128, 256) if r <= max(args.batch_rows, args.prompts * args.k)}
+                          | {min(args.batch_rows, args.prompts * args.k)})
+    prompt_ids = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    ceiling = [decode_ceiling(model, prompt_ids, r) for r in ceiling_rows]
+    for c in ceiling:
+        c["fraction_of_2N_bound"] = c["tokens_per_s"] * 2 * n_params / 1e9 / roof
     del model
     k, rows = args.k, args.batch_rows
     calls = {
         "ours": lambda: run_ours(ours, chats, k),
-        "loop_shared": lambda: run_loop(ours, texts, k, stop_ids, drop_finished=False),
-        "loop_plain": lambda: run_loop(ours, texts, k, stop_ids, share_prompts=False, drop_finished=False),
+        "loop_refill": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False),
+        "loop_dropped": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False),
+        "loop_shared": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False, drop_finished=False),
+        "loop_plain": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False, drop_finished=False,
+                                       share_prompts=False),
         "hf": lambda: plain_hf_generate(ours, texts, k, rows, stop_ids),
         "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids),
     }
@@ -321,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(args.threads),
         "machine_load": {"before": load_before, "after": load_after},
         "methods": methods,
+        "ceiling": ceiling,
         "peak_rss_mib": peak_rss_mib(),
         "notes": notes,
     }

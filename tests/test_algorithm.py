@@ -106,7 +106,7 @@ def test_generation_is_batched_across_prompts(make_agent):
 
     agent.generation_batch_size = 4  # read at every call: 2 prompts (4 rows) per batch
     gens = agent.sample(PROMPTS)
-    assert gens.batch_rows == [4, 4, 4]
+    assert gens.batch_rows == [4, 4, 4] and gens.peak_rows == 4
     assert [len(t) for t in gens.texts] == [2] * 6
 
 
