@@ -7,6 +7,7 @@ SFT environment → learn (response-only cross-entropy) → evaluate on held-out
 from agilerl_selfsft import _compat  # noqa: F401  (must run before any agilerl.algorithms import)
 from agilerl_selfsft.algorithm import SelfSFT
 from agilerl_selfsft.checkpoints import load_adapters, verify_checkpoint
+from agilerl_selfsft.data import load_conversations
 from agilerl_selfsft.distributed import make_accelerator
 from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
@@ -28,6 +29,7 @@ __all__ = [
     "evaluate",
     "finetune_llm_selfsft",
     "load_adapters",
+    "load_conversations",
     "load_into",
     "load_model",
     "load_pairs_dataset",

@@ -50,8 +50,12 @@ def tokenize_conversation(
     masks by).
 
     :param learn_from: index of the first message that may carry loss: assistant turns before it are context
-        (e.g. a prompt's few-shot examples) and get mask 0, defaults to 0 (every assistant turn)
+        (e.g. a prompt's few-shot examples) and get mask 0; negative counts from the end, as in Python
+        (``-1``: the last message only), defaults to 0 (every assistant turn: a multi-turn conversation
+        learns each of its replies, never its system, user or tool turns)
     """
+    if learn_from < 0:
+        learn_from = max(len(messages) + learn_from, 0)
     ids: list[int] = []
     mask: list[int] = []
     prompt_length: int | None = None

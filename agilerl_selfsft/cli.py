@@ -26,13 +26,16 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     from peft import LoraConfig
 
     from agilerl_selfsft.algorithm import SelfSFT
+    from agilerl_selfsft.data import load_conversations
     from agilerl_selfsft.env import SelfSFTGym
     from agilerl_selfsft.models import load_model, resolve_model_path
     from agilerl_selfsft.rewards import resolve_reward
     from agilerl_selfsft.tasks import drop_long_prompts, load_tasks
 
     # Everything that can be wrong with the inputs is checked before the model is loaded.
-    train, held_out = load_tasks(config.task.train), load_tasks(config.task.eval)
+    train, held_out = load_tasks(config.task.train, config.bad_rows), load_tasks(config.task.eval, config.bad_rows)
+    static = config.static_data
+    static_data = load_conversations(static.path, config.bad_rows) if static is not None else None
     resolve_reward(config.reward)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -63,7 +66,9 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         train, held_out, tokenizer, config.reward, data_batch_size_per_gpu=config.batch_size,
         selection=s.strategy, threshold=s.threshold, top_k=s.top_k, top_fraction=s.top_fraction,
         keep_truncated=s.keep_truncated, replay_capacity=s.replay_capacity, replay_ratio=s.replay_ratio,
-        seed=config.seed,
+        static_data=static_data, static_fraction=static.fraction if static else 0.5,
+        static_final_fraction=static.final_fraction if static else None,
+        static_decay_iterations=static.decay_iterations if static else 1, seed=config.seed,
     )
     return pop, env
 
@@ -107,7 +112,10 @@ def train(config_path: str | Path, output: str | Path | None = None, resume: boo
     if holds_run and resume and (out / "config.json").exists():
         # A resumed run may be extended (iterations) or given other threads; anything else would mix runs.
         saved = json.loads((out / "config.json").read_text())
-        changed = sorted(k for k, v in config.model_dump(mode="json").items() if k not in ("iterations", "threads") and saved.get(k) != v)
+        # a key an older config.json lacks had its default then
+        defaults = {k: f.default for k, f in Config.model_fields.items() if not f.is_required()}
+        changed = sorted(k for k, v in config.model_dump(mode="json").items()
+                         if k not in ("iterations", "threads") and saved.get(k, defaults.get(k)) != v)
         if changed:
             raise SelfSFTError(f"cannot resume {out}: {', '.join(changed)} differ from the run's config.json")
     pop, env = build(config)

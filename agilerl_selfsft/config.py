@@ -7,6 +7,7 @@ the key (and, for a misspelling, the closest known key).
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,8 @@ class _Strict(BaseModel):
 
 
 class TaskFiles(_Strict):
-    """JSONL files of the train prompts and the held-out prompts."""
+    """The train prompts and the held-out prompts: ``.jsonl``, ``.json`` or ``.csv`` files, or folders
+    written by ``datasets``' ``save_to_disk`` (see :mod:`agilerl_selfsft.data` for the row shapes)."""
 
     train: str
     eval: str
@@ -47,6 +49,20 @@ class SelectionSettings(_Strict):
     keep_truncated: bool = False
     replay_capacity: int = Field(0, ge=0)
     replay_ratio: float = Field(0.5, ge=0)
+
+
+class StaticDataSettings(_Strict):
+    """Static SFT conversations (not generated, e.g. oracle trajectories) mixed into every training buffer.
+
+    ``fraction`` is the share of each iteration's buffer that is static data; with ``final_fraction`` it
+    moves linearly to that over ``decay_iterations`` iterations (e.g. 1.0 → 0.0: a warm start on the static
+    data, then self-generated samples only). See :class:`~agilerl_selfsft.env.SelfSFTGym`.
+    """
+
+    path: str
+    fraction: float = Field(0.5, ge=0, le=1)
+    final_fraction: float | None = Field(None, ge=0, le=1)
+    decay_iterations: int = Field(1, ge=1)
 
 
 MUTABLE = ("lr", "temperature", "num_generations", "batch_size", "kl_coef", "selection_threshold", "selection_top_fraction")
@@ -115,13 +131,18 @@ class Config(_Strict):
     stop_after_empty: int | None = Field(None, ge=1, description="stop after this many iterations with nothing selected")
     max_prompt_tokens: int | None = Field(None, ge=1, description="longest prompt; default: context - max_new_tokens")
     long_prompts: Literal["skip", "stop"] = "skip"
+    static_data: StaticDataSettings | None = None
+    bad_rows: Literal["stop", "skip"] = Field("stop", description="a malformed or unusable data row: stop, or skip it")
     seed: int = 42
     threads: int | None = Field(None, ge=1)
 
     def resolve_paths(self, base: Path) -> Config:
-        """Task paths relative to the config file's folder become absolute."""
+        """Data paths relative to the config file's folder become absolute."""
         fix = lambda p: str(p if Path(p).is_absolute() else (base / p).resolve())  # noqa: E731
-        return self.model_copy(update={"task": TaskFiles(train=fix(self.task.train), eval=fix(self.task.eval))})
+        update: dict[str, Any] = {"task": TaskFiles(train=fix(self.task.train), eval=fix(self.task.eval))}
+        if self.static_data is not None:
+            update["static_data"] = self.static_data.model_copy(update={"path": fix(self.static_data.path)})
+        return self.model_copy(update=update)
 
 
 def load_config(path: str | Path) -> Config:
@@ -149,7 +170,9 @@ def _describe(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         model: type[BaseModel] = Config
         for part in loc[:-1]:
-            model = model.model_fields[part].annotation  # type: ignore[assignment]
+            annotation = model.model_fields[part].annotation
+            sections = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = sections[0] if sections else annotation  # an optional section (X | None): its model
         close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(model.model_fields)}"
         return f"unknown key {key!r}{hint}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
@@ -10,7 +11,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from agilerl_selfsft.buffer import ReplayBuffer
-from agilerl_selfsft.chat import collate
+from agilerl_selfsft.chat import Message, collate
+from agilerl_selfsft.data import load_conversations
 from agilerl_selfsft.distributed import shard_rows
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import Generations
@@ -24,10 +26,22 @@ class SelfSFTGym:
 
     Batches have AgileRL's ``SFTPrompts`` format (``prompt``, ``response``, ``prompt_lengths``, right-padded
     ``input_ids`` and ``attention_mask``) plus a ``loss_mask`` over the sample's own (last, assistant) turn:
-    assistant turns inside a task's prompt, such as few-shot examples, are context and carry no loss.
+    assistant turns inside a task's prompt, such as few-shot examples, are context and carry no loss. A
+    static conversation's ``loss_mask`` covers every assistant turn. ``num_static`` and ``num_self`` count
+    the batch's static and self-generated rows (over all processes).
+
     ``reset()`` shuffles the buffer and returns its first batch; ``step()`` returns the next, starting a new
     shuffled pass (and counting ``num_epochs``) when the buffer is used up. ``eval_mode()`` switches
     :attr:`prompts` to the held-out set.
+
+    **Static data** (``static_data``: SFT conversations that are not generated, e.g. oracle trajectories) is
+    mixed into every refill: the share ``f`` of the buffer (:meth:`static_fraction_at`) is static
+    conversations, walked in a shuffled order so each comes up once per pass. With ``n`` self-generated
+    samples (selected plus replayed) and ``p`` prompts sampled, a refill takes
+    ``max(f / (1 - f) * n, f * p)`` static conversations: exactly the share ``f`` once the self-generated
+    samples are at least ``(1 - f) * p``, and a floor of ``f * p`` before (a warm start still learns when
+    little or nothing passes the selection). ``f = 1`` learns ``p`` static conversations and no
+    self-generated sample (the selected ones are still remembered for replay).
 
     With a population, every agent trains on its own samples: :meth:`refill` takes the agent's index and
     keeps one replay memory per agent (:attr:`replays`); after a tournament, :meth:`inherit_replays` hands
@@ -60,6 +74,18 @@ class SelfSFTGym:
     :type replay_ratio: float, optional
     :param max_context_length: longest training sequence in tokens (longer ones are cut), defaults to None
     :type max_context_length: int, optional
+    :param static_data: static SFT conversations to mix in: a source :func:`~agilerl_selfsft.data.load_conversations`
+        reads (a path, a ``datasets.Dataset``, a list of rows) or conversations already loaded (a list of
+        message lists, each with an assistant turn), defaults to None (none)
+    :type static_data: Any, optional
+    :param static_fraction: share of each refill that is static data (at iteration 1), defaults to 0.5
+    :type static_fraction: float, optional
+    :param static_final_fraction: the share it moves to, linearly, defaults to None (``static_fraction``
+        throughout)
+    :type static_final_fraction: float, optional
+    :param static_decay_iterations: iterations the move takes: the share reaches ``static_final_fraction``
+        at iteration ``1 + static_decay_iterations``, defaults to 1
+    :type static_decay_iterations: int, optional
     :param seed: seed of the shuffles and of random selection, defaults to 42
     :type seed: int, optional
     :param accelerator: with several processes, each batch holds the batch size (per process) times the
@@ -83,6 +109,10 @@ class SelfSFTGym:
         replay_capacity: int = 0,
         replay_ratio: float = 0.5,
         max_context_length: int | None = None,
+        static_data: Any | None = None,
+        static_fraction: float = 0.5,
+        static_final_fraction: float | None = None,
+        static_decay_iterations: int = 1,
         seed: int = 42,
         accelerator: Any | None = None,
     ) -> None:
@@ -92,6 +122,16 @@ class SelfSFTGym:
             raise SelfSFTError(f"unknown selection {selection!r}; choose one of {', '.join(STRATEGIES)}")
         if data_batch_size_per_gpu < 1:
             raise SelfSFTError(f"data_batch_size_per_gpu must be >= 1, got {data_batch_size_per_gpu}")
+        for name, value in (("static_fraction", static_fraction), ("static_final_fraction", static_final_fraction)):
+            if value is not None and not 0 <= value <= 1:
+                raise SelfSFTError(f"{name} must be between 0 and 1, got {value}")
+        if static_decay_iterations < 1:
+            raise SelfSFTError(f"static_decay_iterations must be >= 1, got {static_decay_iterations}")
+        self.static_data: list[list[Message]] = _conversations(static_data) if static_data is not None else []
+        self.static_fraction = static_fraction
+        self.static_final_fraction = static_fraction if static_final_fraction is None else static_final_fraction
+        self.static_decay_iterations = static_decay_iterations
+        self._static_order: list[int] = []
         self.train_tasks = train_tasks
         self.eval_tasks = eval_tasks
         self.tokenizer = tokenizer
@@ -171,17 +211,45 @@ class SelfSFTGym:
             if parent in old:
                 self.replay_for(child).samples.extend(old[parent].samples)
 
-    def refill(
-        self, samples: list[Scored], member: int = 0, threshold: float | None = None, top_fraction: float | None = None
-    ) -> dict[str, float]:
-        """Select from scored samples, mix in replayed past winners, and make them the training buffer.
+    # ---- static data ----
+    def static_fraction_at(self, iteration: int) -> float:
+        """The share of static data in the buffer of ``iteration`` (1 for the first), 0 without static data."""
+        if not self.static_data:
+            return 0.0
+        progress = min(max(iteration - 1, 0) / self.static_decay_iterations, 1.0)
+        return self.static_fraction + (self.static_final_fraction - self.static_fraction) * progress
 
-        :param samples: one agent's scored completions
+    def draw_static(self, n: int) -> list[Scored]:
+        """The next ``n`` static conversations (as static :class:`Scored` samples), walking shuffled passes."""
+        out = []
+        while len(out) < n and self.static_data:
+            if not self._static_order:
+                self._static_order = [int(i) for i in self.rng.permutation(len(self.static_data))]
+            i = self._static_order.pop()
+            chat = self.static_data[i]
+            reply = next(str(m["content"]) for m in reversed(chat) if m["role"] == "assistant")
+            out.append(Scored(-1 - i, chat, reply, math.nan, True, static=True))
+        return out
+
+    def refill(
+        self,
+        samples: list[Scored],
+        member: int = 0,
+        threshold: float | None = None,
+        top_fraction: float | None = None,
+        static_fraction: float | None = None,
+    ) -> dict[str, float]:
+        """Select from scored samples, mix in replayed past winners and static data, and make them the training buffer.
+
+        :param samples: one agent's scored completions (of every prompt sampled this iteration)
         :param member: that agent's index (whose replay memory is used), defaults to 0
         :param threshold: the agent's selection threshold, defaults to None (:attr:`threshold`)
         :param top_fraction: the agent's ``top_fraction``, defaults to None (:attr:`top_fraction`)
-        :return: ``kept`` (new samples selected), ``replayed``, ``buffer`` (their total) and
-            ``prompts_solved`` (distinct prompts with a kept sample)
+        :param static_fraction: this iteration's share of static data (see the class docstring), defaults to
+            None (:meth:`static_fraction_at` iteration 1); ignored without static data
+        :return: ``kept`` (new samples selected), ``replayed``, ``static`` (static conversations mixed in),
+            ``buffer`` (what will be learned), ``prompts_solved`` (distinct prompts with a kept sample) and
+            ``static_fraction``
         """
         kept = select(
             samples,
@@ -195,13 +263,20 @@ class SelfSFTGym:
         replay = self.replay_for(member)
         replayed = replay.draw(int(round(self.replay_ratio * len(kept))), exclude=kept, rng=self.rng)
         replay.add(kept)
-        self.buffer = kept + replayed
+        own = kept + replayed
+        fraction = self.static_fraction_at(1) if static_fraction is None else static_fraction
+        if not self.static_data:
+            fraction = 0.0
+        static = self.draw_static(_static_count(fraction, len(own), len({s.prompt_id for s in samples})))
+        self.buffer = (own if fraction < 1 else []) + static
         self._order, self._cursor = [], 0
         return {
             "kept": float(len(kept)),
             "replayed": float(len(replayed)),
+            "static": float(len(static)),
             "buffer": float(len(self.buffer)),
             "prompts_solved": float(len({s.prompt_id for s in kept})),
+            "static_fraction": float(fraction),
         }
 
     # ---- training batches (SFTGym's interface) ----
@@ -237,8 +312,32 @@ class SelfSFTGym:
             self.num_epochs += 1
         rows = self._order[self._cursor : self._cursor + self._rows * self._world]
         self._cursor += len(rows)
+        num_static, num_rows = sum(self.buffer[i].static for i in rows), len(rows)  # over every process's rows
         if self._world > 1:  # this process's slice; every rank draws the same rows (same random state)
             rows = shard_rows(rows, self._world, self.accelerator.process_index)
-        chats = [self.buffer[i].messages for i in rows]
-        # a sample's own turn is its last message: assistant turns of the prompt (few-shot examples) are context
-        return collate(self.tokenizer, chats, self.max_context_length, learn_from=[len(c) - 1 for c in chats])
+        samples = [self.buffer[i] for i in rows]
+        # a generated sample's own turn is its last message: assistant turns of the prompt (few-shot examples)
+        # are context; a static conversation learns every assistant turn
+        batch = collate(self.tokenizer, [s.messages for s in samples], self.max_context_length,
+                        learn_from=[0 if s.static else -1 for s in samples])
+        batch["num_static"], batch["num_self"] = num_static, num_rows - num_static
+        return batch
+
+
+def _static_count(fraction: float, own: int, prompts: int) -> int:
+    """Static conversations in a refill: the share ``fraction`` of the buffer, at least ``fraction * prompts``."""
+    if fraction <= 0:
+        return 0
+    if fraction >= 1:
+        return prompts
+    return max(int(fraction / (1 - fraction) * own + 0.5), int(fraction * prompts + 0.5))
+
+
+def _conversations(data: Any) -> list[list[Message]]:
+    """Static data as conversations: loaded ones are checked, anything else is read by ``load_conversations``."""
+    if isinstance(data, list) and data and all(isinstance(c, list) for c in data):
+        for i, chat in enumerate(data):
+            if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in chat):
+                raise SelfSFTError(f"static conversation {i} has no assistant turn to learn from")
+        return data
+    return load_conversations(data)

@@ -47,7 +47,7 @@ from transformers import PreTrainedTokenizerBase
 from agilerl_selfsft.chat import Message, render_prompt
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.selection import Scored, dedup
-from agilerl_selfsft.tasks import read_jsonl
+from agilerl_selfsft.data import read_jsonl
 
 NO_PAIRS_HINT = (
     "no prompt had two completions whose rewards differ by at least min_margin; sample more completions per "

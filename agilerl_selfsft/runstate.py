@@ -1,9 +1,9 @@
 """What a resumable run saves beside the agents' checkpoints, and how it is put back.
 
 Each iteration's checkpoint folder holds, next to the elite's AgileRL checkpoint, ``run_state.json``: the
-iteration, the environment's random state, prompt order and replay contents, each member's fitness history
-and the torch random state; with a population, every member's own checkpoint goes under
-``population/agent_<i>/``. The folder is written whole and renamed into place (see
+iteration, the environment's random state, prompt and static-data order and replay contents, each
+member's fitness history and the torch random state; with a population, every member's own checkpoint
+goes under ``population/agent_<i>/``. The folder is written whole and renamed into place (see
 :mod:`agilerl_selfsft.checkpoints`), so weights and run state always belong to the same iteration.
 Plain JSON: nothing here is unpickled.
 """
@@ -33,6 +33,7 @@ def env_state(env: Any) -> dict[str, Any]:
     return {
         "rng": env.rng.bit_generator.state,
         "prompt_order": [int(i) for i in env._prompt_order],
+        "static_order": [int(i) for i in env._static_order],
         "replays": {str(member): [asdict(s) for s in buf.samples] for member, buf in env.replays.items()},
         "num_epochs": env.num_epochs,
     }
@@ -42,6 +43,7 @@ def restore_env(env: Any, state: dict[str, Any]) -> None:
     """Put back what :func:`env_state` saved."""
     env.rng.bit_generator.state = state["rng"]
     env._prompt_order = list(state["prompt_order"])
+    env._static_order = list(state.get("static_order", []))  # absent in states written before static data
     env.replays = {}
     for member, samples in state["replays"].items():
         env.replay_for(int(member)).samples.extend(Scored(**s) for s in samples)

@@ -24,13 +24,18 @@ STRATEGIES = ("threshold", "top_k", "top_fraction", "random")
 
 @dataclass
 class Scored:
-    """One generated sample: the full chat (prompt turns + the completion) and its reward."""
+    """One training sample: the full chat (prompt turns + the completion) and its reward.
+
+    A generated sample learns its completion (the last turn) only; a ``static`` one — a conversation of
+    static SFT data, never generated nor scored (reward NaN) — learns every assistant turn.
+    """
 
     prompt_id: int
     messages: list[dict[str, Any]]
     completion: str
     reward: float
     finished: bool = True  # ended with an end-of-turn token, not cut off at max_new_tokens
+    static: bool = False
 
 
 def dedup(samples: list[Scored]) -> list[Scored]:

@@ -1,16 +1,19 @@
-"""Tasks: prompt sets read from JSONL files, one row a prompt plus the columns its reward needs.
+"""Tasks: prompt sets to generate for, one row a prompt plus the columns its reward needs.
 
-A row has ``prompt`` (a string) or ``messages`` (a chat without the answer), optionally ``system``, and any
-other columns (``answer``, ``tests``…), which are passed to reward functions by name.
+Any source and row shape of :mod:`agilerl_selfsft.data` is a prompt set: a ``prompt`` string (optional
+``system``), or a chat (``messages``, or ``system`` + ``conversations``) that ends before the answer. A
+chat that ends with an assistant turn (a whole conversation, as SFT data has them) is a prompt too: its
+last assistant turn is dropped and kept as the ``answer`` column, unless the row has its own ``answer``.
+The row's other columns (``answer``, ``tests``…) are passed to reward functions by name.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agilerl_selfsft.data import OnError, Row, load_rows, normalise_row
 from agilerl_selfsft.errors import SelfSFTError
 
 CAPITALS_DIR = Path(__file__).parent / "tasks" / "capitals"
@@ -33,59 +36,35 @@ class Task:
     columns: dict[str, Any] = field(default_factory=dict)
 
 
-def read_jsonl(path: str | Path, what: str) -> list[tuple[int, Any]]:
-    """``(line number, parsed row)`` for every non-blank line of a JSONL file.
+def load_tasks(source: Any, on_error: OnError = "stop") -> list[Task]:
+    """Read a prompt set; a clear error names the file (and line) for anything wrong with it.
 
-    :param what: names the file in errors, e.g. ``"task file"``
-    :raises SelfSFTError: naming the file (and the line) when it is missing, unreadable or not JSON
+    :param source: a ``.jsonl`` / ``.json`` / ``.csv`` file, a folder written by ``save_to_disk``, a
+        ``datasets.Dataset`` or a list of mappings (see :mod:`agilerl_selfsft.data`)
+    :param on_error: a bad row: ``"stop"`` raises, ``"skip"`` logs it and leaves it out, defaults to ``"stop"``
+    :raises SelfSFTError: for a missing, unreadable or empty source, or a bad row under ``"stop"``
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SelfSFTError(f"{what} not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SelfSFTError(f"{what} {path} cannot be read: {exc}") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise SelfSFTError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    return rows
-
-
-def load_tasks(path: str | Path) -> list[Task]:
-    """Read a JSONL task file; a clear error names the file (and line) for anything wrong with it."""
-    tasks: list[Task] = []
-    for number, row in read_jsonl(path, "task file"):
-        tasks.append(task_from_row(row, len(tasks), where=f"{path}:{number}"))
-    if not tasks:
-        raise SelfSFTError(f"task file {path} has no rows")
+    what = "task file" if isinstance(source, (str, Path)) else "task set"
+    tasks = load_rows(source, what, on_error, lambda row: task_from_row(row, 0))
+    for index, task in enumerate(tasks):  # ids count the rows kept
+        task.id = index
     return tasks
 
 
 def task_from_row(row: Any, index: int, where: str = "row") -> Task:
-    """Turn one mapping (``prompt`` or ``messages``, optional ``system``, other columns) into a :class:`Task`."""
-    if not isinstance(row, dict):
-        raise SelfSFTError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    columns = {k: v for k, v in row.items() if k not in ("prompt", "messages", "system")}
-    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
-        messages = [{"role": "user", "content": row["prompt"]}]
-        if isinstance(row.get("system"), str):
-            messages.insert(0, {"role": "system", "content": row["system"]})
-        return Task(index, messages, row["prompt"], columns)
-    if isinstance(row.get("messages"), list) and row["messages"]:
-        messages = row["messages"]
-        for m in messages:
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m):
-                raise SelfSFTError(f"{where}: every message needs 'role' and 'content'")
-        if messages[-1]["role"] == "assistant":
-            raise SelfSFTError(f"{where}: 'messages' must end before the answer (last role is assistant)")
-        return Task(index, messages, messages, columns)
-    raise SelfSFTError(f"{where}: a row needs a non-empty 'prompt' string or 'messages' list; found keys {sorted(row)}")
+    """Turn one row (a mapping of any accepted shape, or a :class:`~agilerl_selfsft.data.Row`) into a :class:`Task`.
+
+    :raises SelfSFTError: naming the row when it fits no shape or leaves nothing to answer
+    """
+    if not isinstance(row, Row):
+        row = normalise_row(row, where)
+    messages, columns = list(row.messages), dict(row.columns)
+    if messages[-1]["role"] == "assistant":  # a whole conversation: its last reply is the reference answer
+        columns.setdefault("answer", messages[-1]["content"])
+        messages = messages[:-1]
+    if all(m["role"] == "system" for m in messages):
+        raise SelfSFTError(f"{row.where}: nothing to answer: no turn before the answer but the system prompt")
+    return Task(index, messages, row.prompt if row.prompt is not None else messages, columns)
 
 
 def drop_long_prompts(tasks: list[Task], tokenizer: Any, limit: int, action: str, split: str) -> tuple[list[Task], int]:

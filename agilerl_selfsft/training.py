@@ -55,7 +55,9 @@ def finetune_llm_selfsft(
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
     Each iteration, for every agent: sample K completions for ``prompts_per_iteration`` train prompts,
-    score them, select the best into the environment's buffer, train ``sft_epochs`` passes over it, and
+    score them, select the best into the environment's buffer (with replayed past winners and, when the
+    environment has static data, that iteration's share of static conversations), train ``sft_epochs``
+    passes over it (metrics ``learned_static`` and ``learned_self`` count the rows learned from), and
     evaluate on the held-out prompts (the fitness). Then, every ``evo_steps`` iterations, the population is
     evolved with ``tournament`` and ``mutation``, and the best agent is checkpointed.
 
@@ -159,11 +161,17 @@ def finetune_llm_selfsft(
             if on_scored is not None and dp.is_main:
                 on_scored(iteration, agent, scored)
             train_reward = float(np.mean([s.reward for s in scored]))
-            # 3. select and refill
-            stats = env.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction)
+            # 3. select, mix in replayed winners and static data (this iteration's share of it), refill
+            static_fraction = env.static_fraction_at(iteration)
+            stats = env.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction,
+                               static_fraction)
             _info(verbose, "%s [Stage 3] Train reward %.4f. Keeping %d example(s) after reward-based filtering (%d prompts solved, %d replayed).", who, train_reward, stats["kept"], stats["prompts_solved"], stats["replayed"])
+            if env.static_data:
+                _info(verbose, "%s [Stage 3] Mixing in %d static conversation(s) (share %.2f).", who, stats["static"],
+                      static_fraction)
             # 4. learn
             learn = {"loss": None, "kl": None, "steps": 0}
+            learned = {"static": 0, "self": 0}  # rows learned from, by origin (over all processes)
             if stats["buffer"] == 0:
                 _info(verbose, "%s [Stage 4] Nothing passed the filter: skipping training this iteration.", who)
             else:
@@ -177,6 +185,8 @@ def finetune_llm_selfsft(
                     crash_point("learn", iteration)
                     losses.append(out["loss"])
                     kls.append(out["kl"])
+                    learned["static"] += batch["num_static"]
+                    learned["self"] += batch["num_self"]
                     batch = env.step()
                 learn = {"loss": dp.mean(float(np.mean(losses))), "kl": dp.mean(float(np.mean(kls))), "steps": steps}
             # 5. evaluate
@@ -187,9 +197,10 @@ def finetune_llm_selfsft(
             members.append({
                 **_hp(agent), **_clean(evaluation), "train_reward": train_reward, **stats,
                 "loss": learn["loss"], "kl": learn["kl"], "learn_steps": learn["steps"],
+                "learned_static": learned["static"], "learned_self": learned["self"],
                 "gen_tokens": generations.num_tokens, "gen_seconds": round(generations.seconds, 2),
             })
-        empty_streak = empty_streak + 1 if all(m["buffer"] == 0 for m in members) else 0
+        empty_streak = empty_streak + 1 if all(m["kept"] == 0 for m in members) else 0
         if empty_streak > 1:
             log.warning("%s Nothing passed the selection for %d iterations in a row: lower selection.threshold, "
                         "raise num_generations or temperature, or check the reward.", tag, empty_streak)
@@ -267,7 +278,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _namespaced(row: dict[str, Any]) -> dict[str, Any]:
-    names = {"eval_reward": "reward/eval", "eval_reward_greedy": "reward/eval_greedy", "train_reward": "reward/train", "loss": "loss/sft", "kl": "loss/kl", "kept": "data/kept"}
+    names = {"eval_reward": "reward/eval", "eval_reward_greedy": "reward/eval_greedy", "train_reward": "reward/train", "loss": "loss/sft", "kl": "loss/kl", "kept": "data/kept",
+             "static": "data/static", "learned_static": "data/learned_static", "learned_self": "data/learned_self"}
     return {names.get(k, f"misc/{k}"): v for k, v in row.items() if isinstance(v, (int, float)) or v is None}
 
 

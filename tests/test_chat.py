@@ -110,3 +110,12 @@ def test_turn_end_token_ids_contain_im_end(tokenizer):
 def test_render_prompt_ends_with_the_generation_prompt(tokenizer):
     text = render_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
     assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_learn_from_counts_from_the_end_when_negative(tokenizer):
+    ids, all_turns, _ = tokenize_conversation(tokenizer, MULTI)
+    last = tokenize_conversation(tokenizer, MULTI, learn_from=-1)
+    assert last == tokenize_conversation(tokenizer, MULTI, learn_from=len(MULTI) - 1)
+    learned = decode(tokenizer, [t for t, m in zip(last[0], last[1]) if m])
+    assert learned.removesuffix("\n") == "Berlin, of course.<|im_end|>"  # the first reply is context
+    assert tokenize_conversation(tokenizer, MULTI, learn_from=-100)[1] == all_turns  # before the start: every turn

@@ -116,6 +116,11 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
         ({"population": 2, "evolution": {"no_mutation": 0, "rl_hp": 0}}, "no_mutation and rl_hp are both 0"),
         ({"population": 2, "evolution": {"hp": {"lr": [1e-3, 1e-5]}}}, "hp.lr must be [min, max] with 0 <= min <= max"),
         ({"population": 2, "evolution": {"hp": {"beta": [0, 1]}}}, "key 'evolution.hp.beta.[key]': Input should be 'lr', 'temperature'"),
+        ({"static_data": {"path": "o.jsonl", "fraction": 1.5}}, "key 'static_data.fraction': Input should be less than or equal to 1"),
+        ({"static_data": {"path": "o.jsonl", "fractoin": 0.5}}, "unknown key 'static_data.fractoin'; did you mean 'fraction'?"),
+        ({"static_data": {"fraction": 0.5}}, "missing required key 'static_data.path'"),
+        ({"bad_rows": "ignore"}, "key 'bad_rows': Input should be 'stop' or 'skip'"),
+        ({"static_data": {"path": "nowhere.jsonl"}}, "static data not found: "),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys, overrides, expected):
@@ -149,6 +154,28 @@ def test_missing_and_empty_task_files_are_named(workdir, tiny_model_dir, capsys)
     config = write_config(workdir, tiny_model_dir, task={"train": "train.jsonl", "eval": "empty.jsonl"})
     assert run_cli(capsys, "train", "--config", str(config)) == (2, f"error: task file {workdir / 'empty.jsonl'} has no rows")
     assert not (workdir / "runs").exists()
+
+
+def test_other_data_shapes_static_data_and_skipped_rows(workdir, tiny_model_dir, capsys, caplog):
+    """A CSV train set, a held-out set with a broken line (skipped), and ShareGPT oracle conversations mixed in."""
+    (workdir / "train.csv").write_text("prompt,answer\nWhat is the capital of France?,Paris\nWhat is the capital of Peru?,Lima\n")
+    (workdir / "eval.jsonl").write_text((workdir / "eval.jsonl").read_text() + '{"prompt": "broken\n')
+    turns = [{"from": "human", "value": "What is the capital of Japan?"}, {"from": "gpt", "value": "Tokyo."}]
+    (workdir / "oracle.jsonl").write_text(json.dumps({"system": "Answer briefly.", "conversations": turns}) + "\n")
+    static = {"path": "oracle.jsonl", "fraction": 1.0}
+    config = write_config(workdir, tiny_model_dir, task={"train": "train.csv", "eval": "eval.jsonl"}, static_data=static)
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
+    assert (code, line) == (2, f"error: {workdir / 'eval.jsonl'}:2: not valid JSON (Unterminated string starting at)")
+    config = write_config(workdir, tiny_model_dir, task={"train": "train.csv", "eval": "eval.jsonl"}, static_data=static,
+                          bad_rows="skip")
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    assert f"{workdir / 'eval.jsonl'}:2: not valid JSON" in caplog.text
+    row = read_metrics(workdir / "run")[1]
+    assert (row["static"], row["learned_static"], row["learned_self"]) == (2, 2, 0)  # share 1: one per prompt
+    (workdir / "oracle.jsonl").write_text(json.dumps({"conversations": turns[:1]}) + "\n")
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run2")
+    assert (code, line) == (2, f"error: static data {workdir / 'oracle.jsonl'} has no usable rows: all 1 were skipped "
+                               f"(first: {workdir / 'oracle.jsonl'}:1: the conversation has no assistant turn to learn from)")
 
 
 def test_missing_model_path_is_named(workdir, capsys):
@@ -196,6 +223,10 @@ def test_an_output_dir_with_another_run_is_refused_unless_resume_or_overwrite(wo
     changed = write_config(workdir, tiny_model_dir, lr=0.5)
     code, line = run_cli(capsys, "train", "--config", str(changed), "--output", "run", "--resume")
     assert code == 2 and "cannot resume run: lr differ from the run's config.json" in line
+    saved = json.loads((workdir / "run" / "config.json").read_text())
+    for key in ("static_data", "bad_rows"):  # a run from before these keys existed resumes too
+        del saved[key]
+    (workdir / "run" / "config.json").write_text(json.dumps(saved))
     longer = write_config(workdir, tiny_model_dir, iterations=2)  # extending a run is allowed
     assert main(["train", "--config", str(longer), "--output", "run", "--resume"]) == 0
     assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -83,11 +84,11 @@ def test_refill_stats_and_replay(tokenizer):
     env = make_env(tokenizer, train=tasks, replay_capacity=100, replay_ratio=0.5)
     first = scored_samples(tasks[:3], per_prompt=4)  # 2 winners for each of 3 prompts
     stats = env.refill(first)
-    assert stats == {"kept": 6.0, "replayed": 0.0, "buffer": 6.0, "prompts_solved": 3.0}
+    assert stats == {"kept": 6.0, "replayed": 0.0, "static": 0.0, "buffer": 6.0, "prompts_solved": 3.0, "static_fraction": 0.0}
     assert len(env.buffer) == 6 and all(s.reward == 1.0 for s in env.buffer)
     second = scored_samples(tasks[3:], per_prompt=2)  # 1 winner for each of 2 prompts
     stats = env.refill(second)
-    assert stats == {"kept": 2.0, "replayed": 1.0, "buffer": 3.0, "prompts_solved": 2.0}
+    assert stats == {"kept": 2.0, "replayed": 1.0, "static": 0.0, "buffer": 3.0, "prompts_solved": 2.0, "static_fraction": 0.0}
     new_ids = {s.prompt_id for s in env.buffer[:2]}
     assert new_ids == {3, 4}
     assert env.buffer[2].prompt_id in {0, 1, 2}  # a past winner replayed
@@ -101,7 +102,7 @@ def test_refill_without_replay(tokenizer):
     env = make_env(tokenizer, train=tasks)
     env.refill(scored_samples(tasks, per_prompt=2))
     stats = env.refill(scored_samples(tasks[:1], per_prompt=2))
-    assert stats == {"kept": 1.0, "replayed": 0.0, "buffer": 1.0, "prompts_solved": 1.0}
+    assert stats == {"kept": 1.0, "replayed": 0.0, "static": 0.0, "buffer": 1.0, "prompts_solved": 1.0, "static_fraction": 0.0}
 
 
 def test_batches_cover_the_buffer_once_per_pass_and_wrap(tokenizer):
@@ -120,7 +121,8 @@ def test_batches_cover_the_buffer_once_per_pass_and_wrap(tokenizer):
     assert [len(b["response"]) for b in batches] == [2, 2, 1]
     assert sorted(seen) == sorted(s.completion for s in samples)  # every sample exactly once
     for b in batches:
-        assert SFT_PROMPTS_KEYS | {"loss_mask"} == set(b)
+        assert SFT_PROMPTS_KEYS | {"loss_mask", "num_static", "num_self"} == set(b)
+        assert (b["num_static"], b["num_self"]) == (0, len(b["response"]))
         n, width = b["input_ids"].shape
         assert b["attention_mask"].shape == b["loss_mask"].shape == (n, width)
         assert len(b["prompt"]) == len(b["prompt_lengths"]) == n
@@ -203,3 +205,89 @@ def test_assistant_turns_of_the_prompt_carry_no_loss(tokenizer):
     batch = env.reset()
     learned = tokenizer.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()])
     assert learned.startswith("6<|im_end|>") and "7" not in learned
+
+
+# ---- static data ----
+STATIC = [[{"role": "user", "content": f"Static question {i}?"}, {"role": "assistant", "content": f"Static answer {i}."}]
+          for i in range(3)]
+
+
+def test_static_conversations_learn_every_assistant_turn(tokenizer):
+    from conftest import MULTI  # system/user/assistant/tool/user/assistant
+
+    tasks = make_tasks(COUNTRIES[:2])
+    env = make_env(tokenizer, train=tasks, static_data=[MULTI], static_fraction=1.0)
+    stats = env.refill(scored_samples(tasks, per_prompt=2))
+    assert (stats["kept"], stats["static"], stats["buffer"]) == (2.0, 2.0, 2.0)  # share 1: static only
+    batch = env.reset()
+    assert (batch["num_static"], batch["num_self"]) == (2, 0)
+    for row in range(2):
+        ids, mask = batch["input_ids"][row], batch["loss_mask"][row].bool()
+        runs = tokenizer.decode(ids[mask]), tokenizer.decode(ids[~mask & batch["attention_mask"][row].bool()])
+        assert "Paris." in runs[0] and "Berlin, of course." in runs[0]
+        for turn in MULTI:
+            if turn["role"] != "assistant":
+                assert turn["content"] not in runs[0] and turn["content"] in runs[1]
+
+
+def test_static_share_of_a_refill(tokenizer):
+    tasks = make_tasks(COUNTRIES[:4])
+    env = make_env(tokenizer, train=tasks, static_data=STATIC, static_fraction=0.5)
+    samples = scored_samples(tasks, per_prompt=4)  # 2 winners per prompt: 8 kept
+    stats = env.refill(samples)
+    assert (stats["kept"], stats["static"], stats["buffer"], stats["static_fraction"]) == (8.0, 8.0, 16.0, 0.5)
+    assert sum(s.static for s in env.buffer) == 8
+    # a share of 0.25: a third as many static as self-generated samples
+    assert env.refill(samples, static_fraction=0.25)["static"] == 3.0  # round(8 / 3)
+    # nothing selected: the floor, the share of one sample per prompt (4 prompts x 0.5)
+    losers = [Scored(t.id, [*t.messages, {"role": "assistant", "content": "?"}], "?", 0.0) for t in tasks]
+    stats = env.refill(losers, static_fraction=0.5)
+    assert (stats["kept"], stats["static"], stats["buffer"]) == (0.0, 2.0, 2.0)
+    assert env.refill(samples, static_fraction=0.0)["static"] == 0.0
+    # share 1: as many static conversations as prompts, and no self-generated sample
+    stats = env.refill(samples, static_fraction=1.0)
+    assert (stats["kept"], stats["static"], stats["buffer"]) == (8.0, 4.0, 4.0)
+    assert all(s.static for s in env.buffer)
+
+
+def test_static_conversations_come_up_once_per_pass(tokenizer):
+    env = make_env(tokenizer, static_data=STATIC)
+    drawn = [s.messages for s in env.draw_static(6)]
+    assert sorted(map(str, drawn[:3])) == sorted(map(str, STATIC))
+    assert sorted(map(str, drawn[3:])) == sorted(map(str, STATIC))
+    assert all(s.static and s.completion.startswith("Static answer") for s in env.draw_static(2))
+
+
+def test_static_fraction_schedule(tokenizer):
+    env = make_env(tokenizer, static_data=STATIC, static_fraction=1.0, static_final_fraction=0.0, static_decay_iterations=2)
+    assert [env.static_fraction_at(i) for i in (1, 2, 3, 4)] == [1.0, 0.5, 0.0, 0.0]
+    assert make_env(tokenizer, static_data=STATIC, static_fraction=0.3).static_fraction_at(9) == 0.3
+    assert make_env(tokenizer, static_fraction=0.3).static_fraction_at(1) == 0.0  # no static data
+
+
+def test_static_data_from_a_file_and_its_errors(tokenizer, tmp_path):
+    path = tmp_path / "oracle.jsonl"
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in STATIC))
+    assert make_env(tokenizer, static_data=path).static_data == STATIC
+    assert make_env(tokenizer, static_data=str(path)).static_data == STATIC
+    with pytest.raises(SelfSFTError, match="static conversation 1 has no assistant turn"):
+        make_env(tokenizer, static_data=[STATIC[0], STATIC[1][:1]])
+    with pytest.raises(SelfSFTError, match="static_fraction must be between 0 and 1, got 1.5"):
+        make_env(tokenizer, static_data=STATIC, static_fraction=1.5)
+    with pytest.raises(SelfSFTError, match="static_decay_iterations must be >= 1"):
+        make_env(tokenizer, static_data=STATIC, static_decay_iterations=0)
+
+
+def test_run_state_keeps_the_static_order(tokenizer):
+    from agilerl_selfsft.runstate import env_state, restore_env
+
+    env = make_env(tokenizer, static_data=STATIC)
+    env.draw_static(1)
+    state = json.loads(json.dumps(env_state(env)))
+    expected = [s.messages for s in env.draw_static(4)]
+    other = make_env(tokenizer, static_data=STATIC, seed=7)
+    restore_env(other, state)
+    assert [s.messages for s in other.draw_static(4)] == expected
+    del state["static_order"]  # a state written before static data existed
+    restore_env(other, state)
+    assert other._static_order == []

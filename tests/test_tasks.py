@@ -89,11 +89,75 @@ def test_other_bad_rows(tmp_path, row):
         load_tasks(path)
 
 
-def test_messages_ending_with_assistant_are_rejected(tmp_path):
+def test_a_whole_conversation_is_a_prompt_with_its_last_reply_as_answer(tmp_path):
     chat = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
-    path = write_jsonl(tmp_path / "t.jsonl", [{"messages": chat}])
-    with pytest.raises(SelfSFTError, match=r"t\.jsonl:1.*assistant"):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"messages": chat}, {"messages": chat, "answer": ["A", "a"]}])
+    first, second = load_tasks(path)
+    assert first == Task(0, chat[:1], chat[:1], {"answer": "A"})
+    assert second.messages == chat[:1] and second.columns == {"answer": ["A", "a"]}  # the row's own answer wins
+
+
+def test_alfworld_trajectory_as_a_prompt(tmp_path):
+    """Seed 001's {system, conversations} rows (ShareGPT turns): every turn but the last action is the prompt."""
+    turns = [{"from": "human", "value": "Task: heat a mug."}, {"from": "gpt", "value": "go to countertop 1"},
+             {"from": "human", "value": "You arrive at countertop 1."}, {"from": "gpt", "value": "take mug 1"}]
+    path = write_jsonl(tmp_path / "traj.jsonl", [{"system": "You are a household robot.", "conversations": turns}])
+    [task] = load_tasks(path)
+    assert task.messages == [{"role": "system", "content": "You are a household robot."},
+                             {"role": "user", "content": "Task: heat a mug."},
+                             {"role": "assistant", "content": "go to countertop 1"},
+                             {"role": "user", "content": "You arrive at countertop 1."}]
+    assert task.prompt == task.messages and task.columns == {"answer": "take mug 1"}
+
+
+def test_nothing_to_answer(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"system": "S", "conversations": [{"from": "gpt", "value": "hi"}]}])
+    with pytest.raises(SelfSFTError, match=r"t\.jsonl:1: nothing to answer"):
         load_tasks(path)
+
+
+@pytest.mark.parametrize("kind", ["trl", "sharegpt", "prompt", "csv", "dataset", "saved"])
+def test_every_source_gives_the_same_tasks(tmp_path, kind):
+    from datasets import Dataset
+
+    chats = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Chile?"},
+              {"role": "assistant", "content": "Santiago"}],
+             [{"role": "user", "content": "Capital of Peru?"}, {"role": "assistant", "content": "Lima"}]]
+    trl = [{"messages": c} for c in chats]
+    plain = [{"prompt": c[-2]["content"], "answer": c[-1]["content"], "system": c[0]["content"] if len(c) == 3 else ""}
+             for c in chats]
+    if kind == "trl":
+        source = write_jsonl(tmp_path / "t.jsonl", trl)
+    elif kind == "sharegpt":
+        source = write_jsonl(tmp_path / "t.jsonl", [
+            {"system": "Be brief.", "conversations": [{"from": "human", "value": "Capital of Chile?"},
+                                                      {"from": "gpt", "value": "Santiago"}]},
+            {"conversations": [{"from": "human", "value": "Capital of Peru?"}, {"from": "gpt", "value": "Lima"}]}])
+    elif kind == "prompt":
+        source = write_jsonl(tmp_path / "t.jsonl", plain)
+    elif kind == "csv":
+        source = tmp_path / "t.csv"
+        source.write_text("prompt,answer,system\n" + "".join(f"{r['prompt']},{r['answer']},{r['system']}\n" for r in plain))
+    elif kind == "dataset":
+        source = Dataset.from_list(trl)
+    else:
+        source = tmp_path / "saved"
+        Dataset.from_list(plain).save_to_disk(source)
+    tasks = load_tasks(source)
+    assert [t.id for t in tasks] == [0, 1]
+    assert [t.messages for t in tasks] == [c[:-1] for c in chats]
+    assert [t.columns for t in tasks] == [{"answer": "Santiago"}, {"answer": "Lima"}]
+    expected_prompts = [r["prompt"] for r in plain] if kind in ("prompt", "csv", "saved") else [c[:-1] for c in chats]
+    assert [t.prompt for t in tasks] == expected_prompts
+
+
+def test_bad_rows_can_be_skipped_and_ids_count_the_kept_rows(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a"}, "{oops", {"question": "b"}, {"prompt": "c"}])
+    with pytest.raises(SelfSFTError, match=r"t\.jsonl:2: not valid JSON"):
+        load_tasks(path)
+    tasks = load_tasks(path, on_error="skip")
+    assert [(t.id, t.prompt) for t in tasks] == [(0, "a"), (1, "c")]
+    assert "t.jsonl:2: not valid JSON" in caplog.text and "t.jsonl:3: unknown row shape" in caplog.text
 
 
 def test_messages_need_role_and_content():

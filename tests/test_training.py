@@ -197,3 +197,88 @@ def test_population_members_train_on_their_own_samples(make_agent, tokenizer):
     assert sorted(env.replays) == [0, 1]
     own = {m: {s.completion for s in env.replays[m].samples} for m in (0, 1)}
     assert own[0] != own[1] and len(own[0]) == len(own[1]) == 4
+
+
+def always(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+# Oracle-style multi-turn trajectories: two replies each, the last one names the trajectory.
+ORACLE = [[{"role": "system", "content": "Act."}, {"role": "user", "content": f"Task {i}."},
+           {"role": "assistant", "content": "look"}, {"role": "user", "content": "You see a mug."},
+           {"role": "assistant", "content": f"Oracle done {i}."}] for i in range(3)]
+
+
+def test_static_data_mix_is_what_is_learned(make_agent, tokenizer, tmp_path):
+    """Static share 1.0 → 0.0 over two iterations: the batches learned hold static and own samples in that share."""
+    agent = make_agent()
+    learned_batches = {}  # iteration -> (static rows, self rows) seen by agent.learn
+    real_learn = agent.learn
+
+    def learn_and_count(batch, *args, **kwargs):  # the real learn, counting the rows it gets
+        static = sum(r.startswith("Oracle done") for r in batch["response"])
+        counts = learned_batches.setdefault(len(agent.fitness), [0, 0])  # one fitness per evaluation so far
+        counts[0] += static
+        counts[1] += len(batch["response"]) - static
+        # every assistant turn of a static row is learned, never its system or user turns
+        for row, response in enumerate(batch["response"]):
+            if response.startswith("Oracle done"):
+                learned = tokenizer.decode(batch["input_ids"][row][batch["loss_mask"][row].bool()])
+                assert "look" in learned and response in learned and "mug" not in learned and "Act." not in learned
+        return real_learn(batch, *args, **kwargs)
+
+    agent.learn = learn_and_count
+    env = SelfSFTGym(tasks(["one", "two", "three", "four"]), tasks(["six"]), tokenizer, always,
+                     data_batch_size_per_gpu=4, keep_truncated=True, static_data=ORACLE, static_fraction=1.0,
+                     static_final_fraction=0.0, static_decay_iterations=2)
+    _, history = finetune_llm_selfsft([agent], env, iterations=3, prompts_per_iteration=4, sft_epochs=2,
+                                      eval_samples=1, eval_greedy=False, checkpoint_path=tmp_path, verbose=False)
+    rows = history[1:]
+    assert [r["static_fraction"] for r in rows] == [1.0, 0.5, 0.0]
+    for r in rows:  # what the metrics report is what learn got
+        assert [r["learned_static"], r["learned_self"]] == learned_batches[r["iteration"]]
+        assert r["learned_static"] + r["learned_self"] == 2 * r["buffer"]  # two passes over the buffer
+    first, second, third = rows
+    assert first["kept"] >= 4 and (first["learned_static"], first["learned_self"]) == (2 * 4, 0)  # one per prompt
+    assert second["learned_static"] == second["learned_self"] == 2 * second["kept"] > 0  # half and half
+    assert third["learned_static"] == 0 and third["learned_self"] == 2 * third["kept"]
+    assert read_metrics(tmp_path)[1]["learned_static"] == 8
+
+
+def test_static_data_trains_when_nothing_is_selected(tiny_agent, tokenizer, tmp_path):
+    """A warm start: nothing passes the selection, the static floor is learned, and the empty streak still counts."""
+    env = SelfSFTGym(tasks(["one", "two", "three", "four"]), tasks(["six"]), tokenizer, never,
+                     data_batch_size_per_gpu=4, static_data=ORACLE, static_fraction=0.5)
+    with pytest.raises(SelfSFTError, match="nothing passed the selection for 1 iterations"):
+        finetune_llm_selfsft([tiny_agent], env, iterations=2, prompts_per_iteration=4, sft_epochs=1, eval_samples=1,
+                             eval_greedy=False, checkpoint_path=tmp_path, verbose=False, stop_after_empty=1)
+    row = read_metrics(tmp_path)[1]
+    assert (row["kept"], row["static"], row["learned_static"], row["learned_self"]) == (0, 2, 2, 0)  # 0.5 x 4 prompts
+    assert row["loss"] is not None and math.isfinite(row["loss"])
+
+
+def test_a_resumed_run_draws_the_same_static_conversations(make_agent, tokenizer, tmp_path):
+    """The static order is part of the run state: stopping after iteration 1 and resuming changes nothing."""
+
+    def run(out, iterations, resume=False):
+        agent = make_agent()
+        drawn = []
+        real_learn = agent.learn
+
+        def learn_and_record(batch, *args, **kwargs):
+            drawn.extend(r for r in batch["response"] if r.startswith("Oracle done"))
+            return real_learn(batch, *args, **kwargs)
+
+        agent.learn = learn_and_record
+        env = SelfSFTGym(tasks(["one", "two", "three"]), tasks(["six"]), tokenizer, never, data_batch_size_per_gpu=1,
+                         static_data=ORACLE, static_fraction=1.0)
+        _, history = finetune_llm_selfsft([agent], env, iterations=iterations, prompts_per_iteration=2, sft_epochs=1,
+                                          eval_samples=1, eval_greedy=False, checkpoint_path=out, resume=resume,
+                                          verbose=False)
+        return drawn, [(r["learned_static"], r["loss"]) for r in history[1:]]
+
+    whole, whole_rows = run(tmp_path / "whole", 2)
+    first, _ = run(tmp_path / "split", 1)
+    rest, rows = run(tmp_path / "split", 2, resume=True)
+    assert first + rest == whole and len(whole) == 4  # 2 prompts x share 1.0, twice: one pass of 3, then more
+    assert rows == whole_rows  # (the resumed history starts with the rows of the first run)
