@@ -275,3 +275,30 @@ def test_the_training_loop_learns_the_selected_trajectories(make_agent, tokenize
     with agent.select_adapter("reference"):
         reference = masked_nll(agent, buffer, tokenizer)
     assert trained < reference
+
+
+# ---- the shipped example ----
+def test_the_capital_agent_runs_its_tool_and_scores_the_call_and_the_answer(tiny_agent):
+    from agilerl_selfsft.examples import capital_agent as example
+
+    assert example.country_capital_lookup("the Czech Republic") == "Prague"
+    assert example.country_capital_lookup("Atlantis").startswith("Error: unknown country")
+    assert example.names_capital("It is Brasilia.", ["Brasília"]) and not example.names_capital("Parisian", ["Paris"])
+    assert len(example.train_tasks()) == 157 and len(example.eval_tasks()) == 40  # the example countries left out
+    france = [t for t in example.eval_tasks() if t.prompt == "What is the capital of France?"]
+
+    def calls_france(text):  # the random tiny model writes no tool call: read its first reply as one
+        if "Paris" in text:
+            return [], None
+        return [{"type": "function", "function": {"name": example.TOOL_NAME, "arguments": {"country": "France"}}}], None
+
+    done = rollout(tiny_agent, example.capital_agent, france, tool_parser=calls_france)
+    [[trajectory]] = done.trajectories
+    tool_turns = [m for m in trajectory.messages if m["role"] == "tool"]
+    assert tool_turns[-1]["content"] == "Paris"  # the tool ran on the parsed call and its result was fed back
+    assert trajectory.info["tool_called"] == 1.0 and trajectory.info["correct_tool_call"] == 1.0
+    assert trajectory.turns == example.MAX_TURNS  # it never answers without calling: the turn limit ends it
+    assert trajectory.info["answer_correct"] == 0.0 and trajectory.reward == 0.5
+    # the two example exchanges are context: only the policy's replies are learned
+    replies = [i for i, m in enumerate(trajectory.messages) if m["role"] == "assistant"]
+    assert len(replies) == 4 + 3 and trajectory.learn_turns == replies[4:]  # 4 example turns, 3 policy turns
