@@ -221,6 +221,7 @@ def rollout(
     greedy: bool = False,
     temperature: float | None = None,
     tool_parser: ToolParser = parse_tool_calls,
+    max_conversations: int = 1024,
 ) -> Rollouts:
     """Run ``agent`` ``num_generations`` times on every task against ``policy``, batching turns across conversations.
 
@@ -232,6 +233,8 @@ def rollout(
     :param greedy: decode greedily (one conversation per task), defaults to False
     :param temperature: sampling temperature, defaults to None (the policy's)
     :param tool_parser: reads tool calls from a reply (see :func:`parse_tool_calls`), defaults to that
+    :param max_conversations: most conversations (threads) live at once; the next start as others end,
+        defaults to 1024
     :raises SelfSFTError: naming the task when the agent raises, returns something that is not a finite
         number, or ends without calling ``chat``
     """
@@ -251,8 +254,9 @@ def rollout(
         out.num_tokens += gens.num_tokens
         return [_Reply(texts[0], done[0], tool_parser) for texts, done in zip(gens.texts, gens.finished, strict=True)]
 
-    scheduler = _Scheduler(len(conversations), respond, native)
+    scheduler = _Scheduler(len(conversations), respond, native, max_conversations)
     results = scheduler.run(agent, conversations)
+
     def where(task: Task) -> str:
         return f"agent {name!r} on task {task.id} ({_preview(task)})"
 
@@ -302,12 +306,12 @@ class _Stopped(BaseException):  # noqa: N818 -- BaseException: an agent's `excep
 class _Scheduler:
     """Runs one thread per conversation; answers all waiting ``chat`` calls with one batched call at a time."""
 
-    def __init__(self, n: int, respond: Callable[[list[_Request]], list[_Reply]], native: bool) -> None:
-        self.respond, self.native = respond, native
+    def __init__(self, n: int, respond: Callable[[list[_Request]], list[_Reply]], native: bool, max_live: int) -> None:
+        self.respond, self.native, self.max_live = respond, native, max(max_live, 1)
         self.cond = threading.Condition()
         self.pending: dict[int, _Request] = {}
         self.replies: dict[int, _Reply] = {}
-        self.live = n
+        self.live = 0  # conversations started and not ended
         self.stopped = False
         self.errors: dict[int, BaseException] = {}
         self.calls: list[list[_Call]] = [[] for _ in range(n)]
@@ -346,15 +350,22 @@ class _Scheduler:
                     self.live -= 1
                     self.cond.notify_all()
 
-        threads = [threading.Thread(target=work, args=(c,), name=f"selfsft-agent-{c}", daemon=True)
-                   for c in range(len(tasks))]
-        for thread in threads:
-            thread.start()
+        threads: list[threading.Thread] = []
         try:
             while True:
                 with self.cond:
                     self.cond.wait_for(lambda: len(self.pending) == self.live or self.errors)
-                    if self.errors or self.live == 0:
+                    if self.errors:
+                        break
+                    if len(threads) < len(tasks) and self.live < self.max_live:
+                        # every live conversation waits or has ended (a deterministic point): start the next
+                        # ones, and answer them together with the waiting ones
+                        while len(threads) < len(tasks) and self.live < self.max_live:
+                            threads.append(threading.Thread(target=work, args=(len(threads),), daemon=True))
+                            threads[-1].start()
+                            self.live += 1
+                        continue
+                    if self.live == 0:
                         break
                     batch = sorted(self.pending.items())
                     self.pending.clear()

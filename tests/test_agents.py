@@ -99,6 +99,10 @@ def test_every_turn_of_all_live_conversations_is_one_generate_call(tiny_agent):
     assert [[t.turns for t in group] for group in done.trajectories] == [[1, 1], [2, 2], [3, 3]]
     greedy = rollout(tiny_agent, agent, tasks(3), num_generations=2, greedy=True)  # greedy: one per task
     assert greedy.batch_sizes == [3, 2, 1] and [len(g) for g in greedy.trajectories] == [1, 1, 1]
+    capped = rollout(tiny_agent, agent, tasks(3), num_generations=2, max_conversations=4)
+    # at most 4 live: task 2's conversations start when task 0's end, and join the others' second turn
+    assert capped.batch_sizes == [4, 4, 2, 2]
+    assert [[t.turns for t in g] for g in capped.trajectories] == [[1, 1], [2, 2], [3, 3]]
 
 
 # ---- trajectories and loss masks ----
