@@ -25,11 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
 
-# Speed benchmarks (about 25 min on 2 CPU cores); run them on an otherwise idle machine.
+# Speed benchmarks (about 30 min on 2 CPU cores); run them on an otherwise idle machine.
 bench: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/generation_speed.py --threads $(THREADS)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/generation_speed.py --threads $(THREADS) --prompts 64 -k 8 \
-		--repeats 1 --methods ours,hf,grpo --tag k8x64
+		--repeats 1 --methods ours,loop_dropped,hf,grpo --tag k8x64
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/training_speed.py --threads $(THREADS)
 
 # Learning side by side: 2 tasks x 5 methods x 3 seeds under one wall-clock budget (about 1 h on 2 cores).

@@ -11,7 +11,7 @@ from agilerl_selfsft.data import load_conversations
 from agilerl_selfsft.distributed import make_accelerator
 from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.export import load_into
+from agilerl_selfsft.export import export_adapter, export_checkpoint, export_gguf, export_merged, load_into
 from agilerl_selfsft.models import EMBEDDED_NAME, load_model
 from agilerl_selfsft.preferences import build_pairs, load_pairs_dataset, pair_writer, pairs_to_dataset, write_pairs_jsonl
 from agilerl_selfsft.rewards import BUILTINS as REWARDS
@@ -27,6 +27,10 @@ __all__ = [
     "Task",
     "build_pairs",
     "evaluate",
+    "export_adapter",
+    "export_checkpoint",
+    "export_gguf",
+    "export_merged",
     "finetune_llm_selfsft",
     "load_adapters",
     "load_conversations",

@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 from agilerl.utils.utils import save_llm_checkpoint
+from safetensors import SafetensorError
 
 from agilerl_selfsft.distributed import DataParallel
 from agilerl_selfsft.errors import SelfSFTError
@@ -59,11 +61,13 @@ def save_iteration(
     dp.barrier()
     try:
         _write(agent, tmp, iteration, info, extra, dp)
-    except OSError as exc:  # disk full, quota, file-size limit…: the previous checkpoint is untouched
+    except (OSError, SafetensorError) as exc:  # disk full, quota, file-size limit…: the previous checkpoint is untouched
         shutil.rmtree(tmp, ignore_errors=True)
         previous = (root / "latest").resolve().name if (root / "latest").exists() else "none"
+        # safetensors reports an I/O failure as "… I/O error: File too large (os error 27)"
+        reason = getattr(exc, "strerror", None) or re.sub(r".*I/O error: (.+?) \(os error \d+\).*", r"\1", str(exc))
         raise SelfSFTError(
-            f"could not write the checkpoint of iteration {iteration} ({exc.strerror or exc}); "
+            f"could not write the checkpoint of iteration {iteration} ({reason}); "
             f"the previous checkpoint ({previous}) is intact"
         ) from None
     crash_point("checkpoint", iteration)

@@ -1,4 +1,4 @@
-"""The ``agilerl-selfsft`` command: ``train`` a run from a YAML config, ``eval`` a checkpoint.
+"""The ``agilerl-selfsft`` command: ``train`` a run from a YAML config, ``eval`` or ``export`` a checkpoint.
 
 Mistakes the user can fix end in one ``error:`` line and exit status 2, with nothing half-written.
 """
@@ -168,6 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("eval", help="held-out reward of a checkpoint")
     p_eval.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. RUN/checkpoints/latest")
     p_eval.add_argument("--config", required=True, help="the run's YAML config (model, task, reward)")
+    p_export = sub.add_parser("export", help="export a checkpoint's actor: PEFT adapter, merged model or GGUF file")
+    p_export.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. RUN/checkpoints/latest")
+    p_export.add_argument("--format", required=True, help="adapter (PEFT adapter folder), merged (full 16-bit "
+                          "transformers folder with tokenizer) or gguf (one .gguf file; Llama-architecture models)")
+    p_export.add_argument("--output", required=True, help="the folder (adapter, merged) or .gguf file (gguf) to create")
+    p_export.add_argument("--dtype", help="merged only: float16 (default) or bfloat16")
+    p_export.add_argument("--outtype", help="gguf only: f32, f16 (default), bf16 or q8_0")
+    p_export.add_argument("--base-model", help="the base model (name, folder or hub id); defaults to the one the checkpoint records")
+    p_export.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "deepspeed", "DeepSpeed", "accelerate", "jax"):
@@ -179,8 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume and args.overwrite:
                 raise SelfSFTError("--resume and --overwrite exclude each other")
             train(args.config, args.output, resume=args.resume, overwrite=args.overwrite)
-        else:
+        elif args.command == "eval":
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.config), indent=2))
+        else:
+            from agilerl_selfsft.export import export_checkpoint
+
+            out = export_checkpoint(args.checkpoint, args.output, args.format, dtype=args.dtype, outtype=args.outtype,
+                                    base_model=args.base_model, overwrite=args.overwrite)
+            print(f"exported {args.checkpoint} as {args.format}: {out}")
     except SelfSFTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

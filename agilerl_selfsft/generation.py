@@ -189,7 +189,7 @@ def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[Callab
     wrapper, model = model, (model.module if isinstance(model, DummyEvolvable) else model)
 
     layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)} if enabled else {}
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) if layers else {}
     foldable = (
         isinstance(model, PeftModel)
         and layers
@@ -231,12 +231,15 @@ class _Rows:
     live: torch.Tensor  # which output row each batch row is
     count: torch.Tensor  # tokens generated so far per row
     done: torch.Tensor  # rows that have ended (only kept in the batch when finished rows are not dropped)
+    joined: bool = False  # rows were admitted into a running batch, so leading cache columns may be padding
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows ``keep``, and cut cache columns that no kept row attends to."""
         self.cache.batch_select_indices(keep)
         for name in ("logits", "mask", "position", "live", "count", "done"):
             setattr(self, name, getattr(self, name)[keep])
+        if not self.joined:  # no join padded the cache: nothing to cut, and no host sync spent finding out
+            return
         first = int(self.mask.any(0).int().argmax())  # leading columns padded for rows that have left
         if first and _plain_layers(self.cache):
             for layer in self.cache.layers:
@@ -252,6 +255,7 @@ class _Rows:
         self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
         for name in ("logits", "position", "live", "count", "done"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        self.joined = True
 
 
 def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:

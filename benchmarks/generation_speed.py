@@ -234,7 +234,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Generation speed: {s['prompts']} prompts × K={s['k']}, up to {s['max_new_tokens']} new tokens",
         "",
         f"Model `{s['model']}` ({s['dtype']}, N = {s['n_params'] / 1e6:.1f} M parameters, {s['device']}), LoRA r=16 "
-        f"all-linear, temperature {s['temperature']}, {s['repeats']} timed run(s) per method after one warm-up, "
+        f"all-linear, temperature {s['temperature']}, {s['repeats']} timed run(s) per method after a warm-up on 2 prompts, "
         f"interleaved. Measured fp32 matmul rate: **{s['matmul_gflops']:.0f} GFLOP/s**, so the 2·N bound is "
         f"{s['matmul_gflops'] * 1e9 / (2 * s['n_params']):.0f} tokens/s.",
         "",
@@ -317,21 +317,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         c["fraction_of_2N_bound"] = c["tokens_per_s"] * 2 * n_params / 1e9 / roof
     del model
     k, rows = args.k, args.batch_rows
-    calls = {
-        "ours": lambda: run_ours(ours, chats, k),
-        "loop_refill": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False),
-        "loop_dropped": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False),
-        "loop_shared": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False, drop_finished=False),
-        "loop_plain": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False, drop_finished=False,
-                                       share_prompts=False),
-        "hf": lambda: plain_hf_generate(ours, texts, k, rows, stop_ids),
-        "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids),
-    }
-    calls = {name: calls[name] for name in args.methods}
+    def method_calls(chats: list, texts: list[str], prompt_dicts: list[dict[str, Any]]) -> dict[str, Callable]:
+        calls = {
+            "ours": lambda: run_ours(ours, chats, k),
+            "loop_refill": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False),
+            "loop_dropped": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False),
+            "loop_shared": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False,
+                                            drop_finished=False),
+            "loop_plain": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False,
+                                           drop_finished=False, share_prompts=False),
+            "hf": lambda: plain_hf_generate(ours, texts, k, rows, stop_ids),
+            "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids),
+        }
+        return {name: calls[name] for name in args.methods}
+
+    calls = method_calls(chats, texts, prompt_dicts)
 
     load_before = machine_load()
-    log("warm-up")
-    for fn in calls.values():
+    log("warm-up (every method on the first 2 prompts)")
+    for fn in method_calls(chats[:2], texts[:2], prompt_dicts[:2]).values():
         timed(fn, args.seed)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
     for rep in range(args.repeats):

@@ -257,6 +257,7 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=None, help="samples per held-out prompt (default 2)")
     parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts used (default 40 = all; quick 8)")
     parser.add_argument("--eval-every-s", type=float, default=None, help="training s between evaluations (default budget/4)")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature of training samples (default 0.8)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, 1 thread each")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--from-json", default=None, help="re-render learning.md and the plots from this learning.json")
@@ -276,7 +277,7 @@ def main() -> None:
     assert tuple(RUN_METHODS) == METHODS and tuple(TASK_REWARDS) == TASKS, "learning.py and learning_methods.py disagree"
     torch.set_num_threads(1)
     settings = Settings.quick() if args.quick else Settings()
-    for name in ("budget_s", "eval_samples", "eval_prompts", "eval_every_s"):
+    for name in ("budget_s", "eval_samples", "eval_prompts", "eval_every_s", "temperature"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     tasks = args.tasks or (["capitals"] if args.quick else list(TASKS))

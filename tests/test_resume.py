@@ -106,9 +106,15 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(setup):
     ckpts = setup / "diskfull" / "checkpoints"
     before = {p.name: p.stat().st_mtime for p in ckpts.iterdir()}
 
-    def small_files() -> None:  # every write past 4 KiB fails with EFBIG, as on a full disk
+    # every write that takes a file past `limit` fails with EFBIG, as on a full disk: the metrics log still takes
+    # its next row, the checkpoint's largest file does not fit
+    limit = (setup / "diskfull" / "metrics.jsonl").stat().st_size + 4096
+    largest = max(p.stat().st_size for p in (ckpts / "latest").resolve().rglob("*") if p.is_file())
+    assert largest > limit
+
+    def small_files() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     config = json.loads((setup / "config.yaml").read_text())
     (setup / "longer.yaml").write_text(json.dumps({**config, "iterations": 4}))
