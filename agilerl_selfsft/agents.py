@@ -1,52 +1,23 @@
 """Multi-turn agents: your agent function talks to the policy through a chat callable and returns a reward.
 
-You write the agent as plain, sequential Python::
-
-    def agent(task: Task, chat: Chat) -> float:            # or -> (reward, {"name": number, ...})
-        messages = [*task.messages]
-        reply = chat(messages, tools=[lookup_schema])      # the policy's next assistant message
-        messages.append(reply)
-        for call in reply["tool_calls"]:                   # [{"type": "function", "function": {"name", "arguments"}}]
-            messages.append({"role": "tool", "content": run(call)})
-        ...
-        return reward
-
+``agent(task, chat) -> reward`` (or ``(reward, {"name": number})``) is plain, sequential Python.
 ``chat(messages, tools=None)`` returns ``{"role": "assistant", "content": text, "tool_calls": [...]}``:
-``content`` is what the model wrote (a tool call included: append the message as it is, so the next turn
-and training see exactly what was generated), ``tool_calls`` the calls parsed from it. A tool call the
-parser cannot read (bad JSON, no ``name``) does not raise: the message comes back with ``tool_calls=[]``
-and a ``tool_call_error`` string saying why, and :attr:`Rollouts.tool_call_errors` counts it; the agent
-decides what to do (end the episode, tell the model, …).
+``content`` is what the model wrote (append the message as it is, so later turns and training see exactly
+that), ``tool_calls`` the calls :func:`parse_tool_calls` read from it. A call it cannot read does not raise:
+``tool_calls`` is empty and ``tool_call_error`` says why. Tools are JSON schemas or documented functions;
+a template that renders tools gets them through ``apply_chat_template(tools=...)``, one that does not
+(SmolLM2's) gets :data:`TOOLS_PROMPT` (the Hermes / Qwen2.5 format) in its system message.
 
-**Tools.** ``tools`` takes JSON schemas (``{"type": "function", "function": {"name", "description",
-"parameters"}}``, or the bare ``{"name", ...}``) or Python functions with a Google-style docstring
-(``transformers.utils.get_json_schema``). A chat template that renders tools (Qwen2.5, Hermes, …) gets them
-through ``apply_chat_template(tools=...)``; one that does not (SmolLM2's) gets them in the system message,
-in the Hermes / Qwen2.5 format (:data:`TOOLS_PROMPT`: the schemas inside ``<tools></tools>``, one JSON
-object a line, appended to the agent's system message or as a system message of its own). Either way the
-model is asked to answer with ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, which
-:func:`parse_tool_calls` reads (an unclosed last block is read too, as vLLM's ``hermes`` parser does);
-``rollout(tool_parser=...)`` takes another parser for templates with other formats.
-
-**Batching.** :func:`rollout` runs every conversation (each task ``num_generations`` times: K independent
-conversations) in its own thread. A ``chat`` call blocks until every live conversation is waiting on one
-or has ended; then all the waiting requests are answered by ONE ``policy.sample`` call (one completion
-each), and the conversations go on. The policy runs on the calling thread only; agent threads run only
-the agent's own Python (tools, parsing, reward).
-
-**Trajectories.** Every call is recorded: the context the policy saw (the agent's messages, with the
-tools prompt where the template needs it) and its reply. A conversation's trajectory is its last call's
-context plus that reply; the turns it learns (``learn_turns``) are the replies the policy generated in
-that context — every assistant turn the agent passed back unchanged, tool calls included — and never the
-system, user or tool turns, nor assistant turns the agent wrote itself (few-shot examples). Its reward is
-what the agent returned; selection ranks trajectories by it.
+:func:`rollout` runs each conversation in its own thread; when every live one waits on ``chat`` (or has
+ended), ONE ``policy.sample`` call on the calling thread answers them all. A trajectory is the last call's
+context plus its reply; it learns every reply the policy generated in that context (tool calls included),
+never system, user or tool turns nor assistant turns the agent wrote (few-shot examples). The README's
+"Agents" section has a worked example.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -54,83 +25,17 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
-from agilerl_selfsft.chat import Message, render_prompt
+from agilerl_selfsft.chat import Message
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import Generations
 from agilerl_selfsft.selection import Scored
 from agilerl_selfsft.tasks import Task
+from agilerl_selfsft.tools import ToolParser, parse_tool_calls, template_supports_tools, tool_schema, with_tools_prompt
 
 Chat = Callable[..., Message]
 AgentFn = Callable[[Task, Chat], Any]
-ToolParser = Callable[[str], tuple[list[dict[str, Any]], str | None]]
-
-TOOLS_PROMPT = (
-    "You may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
-    "For each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
-    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
-)
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_RESERVED_INFO = ("reward", "reward_greedy", "solved", "tokens", "seconds")  # train_/eval_ names the loop writes
 _KEPT_KEYS = ("role", "content", "name", "tool_call_id")  # what a context message keeps (tool turns' name/id)
-
-
-def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], str | None]:
-    """The tool calls in a reply, in the Hermes / Qwen2.5 format ``<tool_call>{"name", "arguments"}</tool_call>``.
-
-    ``arguments`` may also be called ``parameters`` (Llama 3 style) or be a JSON string (OpenAI style).
-
-    :return: the calls as ``{"type": "function", "function": {"name": str, "arguments": dict}}`` and None;
-        or ``[]`` and why a ``<tool_call>`` block could not be read
-    """
-    if "<tool_call>" not in text:
-        return [], None
-    calls = []
-    for n, raw in enumerate(_TOOL_CALL.findall(text), start=1):
-        raw = raw.strip()
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            return [], f"tool call {n} is not valid JSON ({exc.msg}): {raw[:80]!r}"
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
-            return [], f"tool call {n} has no string 'name': {raw[:80]!r}"
-        args = obj.get("arguments", obj.get("parameters", {}))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                pass
-        if not isinstance(args, dict):
-            return [], f"tool call {n} has arguments that are not a JSON object: {raw[:80]!r}"
-        calls.append({"type": "function", "function": {"name": obj["name"], "arguments": args}})
-    return calls, None
-
-
-def tool_schema(tool: Any) -> dict[str, Any]:
-    """A tool as the JSON schema chat templates take: ``{"type": "function", "function": {...}}``."""
-    if callable(tool):
-        from transformers.utils import get_json_schema
-
-        try:
-            return get_json_schema(tool)
-        except Exception as exc:  # noqa: BLE001 -- transformers' reasons (missing docstring…), in one line
-            raise SelfSFTError(f"tool {getattr(tool, '__name__', tool)!r}: no JSON schema ({exc})") from None
-    if isinstance(tool, dict) and isinstance(tool.get("function"), dict) and "name" in tool["function"]:
-        return tool
-    if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-        return {"type": "function", "function": tool}
-    raise SelfSFTError(f"a tool must be a JSON schema with a name, or a function; got {tool!r:.80}")
-
-
-def template_supports_tools(tokenizer: Any) -> bool:
-    """Whether the tokenizer's chat template renders a ``tools`` argument (probed with a dummy tool)."""
-    probe = {"type": "function", "function": {"name": "selfsft_probe_tool", "description": "probe",
-                                              "parameters": {"type": "object", "properties": {}}}}
-    try:
-        text = render_prompt(tokenizer, [{"role": "user", "content": "x"}], [probe])
-    except Exception:  # noqa: BLE001 -- a template that chokes on tools does not support them
-        return False
-    return "selfsft_probe_tool" in text
 
 
 @dataclass
@@ -394,12 +299,7 @@ def _request(messages: Any, tools: list[Any] | None, native: bool) -> _Request:
     schemas = [tool_schema(t) for t in tools] if tools else None
     if schemas is None or native:
         return _Request(context, schemas)
-    block = TOOLS_PROMPT.format(tools="\n".join(json.dumps(s) for s in schemas))
-    if context[0]["role"] == "system":
-        context[0] = {**context[0], "content": f"{context[0]['content']}\n\n{block}"}
-    else:
-        context.insert(0, {"role": "system", "content": block})
-    return _Request(context, None)
+    return _Request(with_tools_prompt(context, schemas), None)
 
 
 def _check_result(value: Any, where: str) -> tuple[float, dict[str, float]]:
@@ -415,6 +315,8 @@ def _check_result(value: Any, where: str) -> tuple[float, dict[str, float]]:
         raise SelfSFTError(f"{where} returned info of type {type(info).__name__}, not a dict of numbers")
     clean = {}
     for key, v in info.items():
+        if str(key) in _RESERVED_INFO:
+            raise SelfSFTError(f"{where} returned info[{key!r}]: the loop reports that itself, rename it")
         if not isinstance(v, Real) or not math.isfinite(float(v)):
             raise SelfSFTError(f"{where} returned info[{key!r}] = {v!r:.80}, not a finite number")
         clean[str(key)] = float(v)

@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--eval-countries", type=int, default=None, help="first N held-out countries (smoke runs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--selection", choices=("threshold", "random"), default="threshold",
+                        help="threshold: keep reward 1.0; random: the control, as many trajectories drawn at random")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/capital_agent"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,7 +79,7 @@ def main() -> None:
         lr=args.lr, batch_size=args.batch_size, num_generations=args.num_generations, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, gradient_checkpointing=False, seed=args.seed,
     )
-    env = SelfSFTGym(train_tasks(), eval_tasks()[: args.eval_countries], tokenizer, agent=capital_agent, selection="threshold",
+    env = SelfSFTGym(train_tasks(), eval_tasks()[: args.eval_countries], tokenizer, agent=capital_agent, selection=args.selection,
                      threshold=1.0, data_batch_size_per_gpu=args.batch_size, seed=args.seed)
     with tempfile.TemporaryDirectory() as run_dir:
         _, history = finetune_llm_selfsft(
@@ -93,7 +95,7 @@ def main() -> None:
         "machine": machine_info(args.threads),
         "machine_load": {"before": load_before, "after": machine_load()},
         "settings": vars(args) | {"output_dir": str(args.output_dir), "model": "smollm2-135m-instruct (fp32)",
-                                  "lora": "r16 alpha32 all-linear", "selection": "threshold 1.0",
+                                  "lora": "r16 alpha32 all-linear", "selection": f"{args.selection} 1.0",
                                   "held_out_countries": len(env.eval_tasks), "train_countries": len(env.train_tasks)},
         "seconds": round(seconds, 1),
         "iterations": rows,
@@ -115,8 +117,8 @@ def markdown(result: dict) -> str:
         "",
         f"Agent: `agilerl_selfsft/examples/capital_agent.py` (tool `country_capital_lookup`, Hermes `<tool_call>` "
         f"format in the system prompt, 2 example exchanges, at most 3 policy turns). {s['iterations']} iterations x "
-        f"{s['prompts']} train countries x K={s['num_generations']} conversations; keep trajectories with reward 1.0 "
-        f"(correct tool call and right answer); learn every policy reply in them ({s['sft_epochs']} epochs, batch "
+        f"{s['prompts']} train countries x K={s['num_generations']} conversations; selection {s['selection']} "
+        f"(threshold: keep reward 1.0, a correct tool call and a right answer; random: as many, drawn at random); learn every policy reply in them ({s['sft_epochs']} epochs, batch "
         f"{s['batch_size']}, lr {s['lr']}, LoRA r16). Held out: {s['held_out_countries']} countries, "
         f"{s['eval_samples']} samples each at T={s['temperature']} plus one greedy rollout. "
         f"Total wall time {result['seconds'] / 60:.1f} min.",

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from agilerl_selfsft import SelfSFTError, SelfSFTGym, Task, finetune_llm_selfsft
-from agilerl_selfsft.agents import TOOLS_PROMPT, parse_tool_calls, rollout, template_supports_tools
+from agilerl_selfsft.agents import rollout
 from agilerl_selfsft.chat import collate
+from agilerl_selfsft.tools import TOOLS_PROMPT, template_supports_tools
 
 LOOKUP = {"type": "function", "function": {
     "name": "lookup", "description": "Look a word up.",
@@ -54,25 +55,6 @@ def spans(ids, mask):
             out.append((m, []))
         out[-1][1].append(token)
     return out
-
-
-# ---- parsing ----
-def test_parse_tool_calls_reads_the_hermes_format_and_names_what_is_wrong():
-    call = '<tool_call>\n{"name": "lookup", "arguments": {"word": "cat"}}\n</tool_call>'
-    parsed = {"type": "function", "function": {"name": "lookup", "arguments": {"word": "cat"}}}
-    assert parse_tool_calls(call) == ([parsed], None)
-    assert parse_tool_calls("no call here") == ([], None)
-    two, error = parse_tool_calls(f"Let me look.\n{call}\n{call.replace('cat', 'dog')}")
-    assert error is None and [c["function"]["arguments"]["word"] for c in two] == ["cat", "dog"]
-    unclosed, error = parse_tool_calls('<tool_call>\n{"name": "lookup", "parameters": {"word": "x"}}')
-    assert error is None and unclosed[0]["function"] == {"name": "lookup", "arguments": {"word": "x"}}
-    as_string, _ = parse_tool_calls('<tool_call>{"name": "lookup", "arguments": "{\\"word\\": \\"y\\"}"}</tool_call>')
-    assert as_string[0]["function"]["arguments"] == {"word": "y"}
-    for bad, why in [('<tool_call>{"name": "lookup", "arguments": {"word": </tool_call>', "not valid JSON"),
-                     ('<tool_call>{"capital": "Tokyo"}</tool_call>', "no string 'name'"),
-                     ('<tool_call>{"name": "lookup", "arguments": [1]}</tool_call>', "not a JSON object")]:
-        calls, error = parse_tool_calls(bad)
-        assert calls == [] and why in error
 
 
 # ---- batching ----
@@ -213,6 +195,7 @@ def test_an_unparseable_tool_call_comes_back_to_the_agent_without_a_crash(tiny_a
         (math.nan, r"agent 'agent' on task 1 \('Question 1\?'\) returned the reward nan: rewards must be finite"),
         ("1.0", r"returned '1.0', not a number"),
         ((1.0, {"x": "high"}), r"returned info\['x'\] = 'high', not a finite number"),
+        ((1.0, {"reward": 0.5}), r"returned info\['reward'\]: the loop reports that itself, rename it"),
         (None, r"returned None, not a number"),
     ],
 )

@@ -17,7 +17,6 @@ The agent also returns its measurements as info (reported by the loop as ``train
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from functools import lru_cache
@@ -25,6 +24,7 @@ from typing import Any
 
 from agilerl_selfsft.agents import Chat
 from agilerl_selfsft.tasks import CAPITALS_DIR, Task, load_tasks
+from agilerl_selfsft.tools import tool_call_text
 
 TOOL_NAME = "country_capital_lookup"
 MAX_TURNS = 3
@@ -45,10 +45,9 @@ SHOT_COUNTRIES = {"Mongolia": "Ulaanbaatar", "Jamaica": "Kingston"}  # train cou
 
 
 def _shot(country: str, capital: str) -> list[dict[str, str]]:
-    call = json.dumps({"name": TOOL_NAME, "arguments": {"country": country}})
     return [
         {"role": "user", "content": f"What is the capital of {country}?"},
-        {"role": "assistant", "content": f"<tool_call>\n{call}\n</tool_call>"},
+        {"role": "assistant", "content": tool_call_text(TOOL_NAME, {"country": country})},
         {"role": "tool", "name": TOOL_NAME, "content": capital},
         {"role": "assistant", "content": f"The capital of {country} is {capital}."},
     ]
