@@ -243,7 +243,7 @@ def test_the_training_loop_learns_the_selected_trajectories(make_agent, tokenize
 
     def half(task, chat):  # even tasks are "solved"; every conversation has two policy turns
         _, info = tool_agent(task, chat)  # (the random tiny model writes no tool call: no tool turns)
-        return float(task.id % 2 == 0), {**info, "solved": float(task.id % 2 == 0)}
+        return float(task.id % 2 == 0), {**info, "even": float(task.id % 2 == 0)}
 
     env = SelfSFTGym(tasks(6), tasks(2, start=6), tokenizer, agent=half, data_batch_size_per_gpu=4,
                      keep_truncated=True)
@@ -251,8 +251,8 @@ def test_the_training_loop_learns_the_selected_trajectories(make_agent, tokenize
                                         eval_samples=1, verbose=False)
     first = history[1]
     assert first["kept"] > 0 and first["learned_self"] > 0 and math.isfinite(first["loss"])
-    assert first["train_solved"] == 0.5 and first["train_turns"] == 2.0  # the agent's info, averaged
-    assert history[0]["eval_solved"] is not None and "eval_turns_greedy" in history[0]
+    assert first["train_even"] == 0.5 and first["train_turns"] == 2.0  # the agent's info, averaged
+    assert history[0]["eval_even"] == 0.5 and "eval_turns_greedy" in history[0]
     buffer = env.buffer  # the last iteration's selected trajectories
     assert buffer and all(s.reward == 1.0 and s.prompt_id % 2 == 0 and s.learn_turns == [6, 7] for s in buffer)
     batch = env.reset()
