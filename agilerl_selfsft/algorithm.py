@@ -262,17 +262,21 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         num_generations: int | None = None,
         greedy: bool = False,
         temperature: float | None = None,
+        tools: list[list[dict] | None] | None = None,
     ) -> Generations:
         """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each.
 
         ``temperature`` overrides :attr:`temperature` for this call (evaluation samples every agent alike).
+        ``tools`` gives, per prompt, the tool schemas a chat template that supports tools renders (see
+        :mod:`agilerl_selfsft.agents`), defaults to None (none).
         """
         temperature = self.temperature if temperature is None else temperature
         if self._tokenizer is None:
             raise ValueError("SelfSFT needs a tokenizer to generate: pass tokenizer=... to the constructor")
         k = 1 if greedy else (num_generations or self.num_generations)
         chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
-        texts = [render_prompt(self._tokenizer, chat) for chat in chats]
+        tools = tools if tools is not None else [None] * len(chats)
+        texts = [render_prompt(self._tokenizer, chat, t) for chat, t in zip(chats, tools, strict=True)]
         stop_ids = turn_end_token_ids(self._tokenizer)
         with self.select_adapter("actor"):
             if self.use_vllm:

@@ -8,6 +8,7 @@ so it is right for any template that renders a prefix of a conversation as a pre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,9 +17,13 @@ from transformers import PreTrainedTokenizerBase
 Message = dict[str, Any]
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
-    """The text a model continues to answer ``messages`` (the template's generation prompt included)."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: list[dict] | None = None) -> str:
+    """The text a model continues to answer ``messages`` (the template's generation prompt included).
+
+    :param tools: tool schemas for a template that renders them (``apply_chat_template(tools=...)``),
+        defaults to None
+    """
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
 def turn_end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -42,7 +47,11 @@ def turn_end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase, messages: list[Message], max_length: int | None = None, learn_from: int = 0
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    max_length: int | None = None,
+    learn_from: int | Sequence[int] = 0,
+    tools: list[dict] | None = None,
 ) -> tuple[list[int], list[int], int]:
     """Token ids of a whole conversation, a 0/1 mask of the assistant-turn tokens, and the prompt length.
 
@@ -52,18 +61,24 @@ def tokenize_conversation(
     :param learn_from: index of the first message that may carry loss: assistant turns before it are context
         (e.g. a prompt's few-shot examples) and get mask 0; negative counts from the end, as in Python
         (``-1``: the last message only), defaults to 0 (every assistant turn: a multi-turn conversation
-        learns each of its replies, never its system, user or tool turns)
+        learns each of its replies, never its system, user or tool turns). A sequence of indices instead
+        names exactly the assistant turns that carry loss (an agent's trajectory: the policy's own replies,
+        not the few-shot turns it was prompted with)
+    :param tools: tool schemas the template renders (see :func:`render_prompt`), defaults to None
     """
-    if learn_from < 0:
-        learn_from = max(len(messages) + learn_from, 0)
+    if isinstance(learn_from, int):
+        start = max(len(messages) + learn_from, 0) if learn_from < 0 else learn_from
+        learned = {i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= start}
+    else:
+        learned = set(learn_from)
+        if any(not 0 <= i < len(messages) or messages[i]["role"] != "assistant" for i in learned):
+            raise ValueError(f"learn_from names turns that are not assistant turns: {sorted(learned)}")
     ids: list[int] = []
     mask: list[int] = []
     prompt_length: int | None = None
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant" or i < learn_from:
-            continue
-        before = _encode(tokenizer, tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
-        through = _encode(tokenizer, tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+    for i in sorted(learned):
+        before = _encode(tokenizer, render_prompt(tokenizer, messages[:i], tools))
+        through = _encode(tokenizer, tokenizer.apply_chat_template(messages[: i + 1], tools=tools, tokenize=False))
         if through[: len(before)] != before or len(through) < len(ids):
             raise ValueError("the chat template does not render conversations prefix-consistently")
         if prompt_length is None:
@@ -81,7 +96,8 @@ def collate(
     tokenizer: PreTrainedTokenizerBase,
     conversations: list[list[Message]],
     max_length: int | None = None,
-    learn_from: list[int] | None = None,
+    learn_from: list[int | Sequence[int]] | None = None,
+    tools: list[list[dict] | None] | None = None,
 ) -> dict[str, Any]:
     """A right-padded training batch in AgileRL's ``SFTPrompts`` format, plus ``loss_mask``.
 
@@ -89,10 +105,14 @@ def collate(
     and ``loss_mask`` (1 on every assistant-turn token, 0 on system/user/tool turns and padding).
 
     :param learn_from: per conversation, the first message that may carry loss (see
-        :func:`tokenize_conversation`), defaults to None (every assistant turn of every conversation)
+        :func:`tokenize_conversation`) or the indices of the turns that do, defaults to None (every assistant
+        turn of every conversation)
+    :param tools: per conversation, the tool schemas its template renders, defaults to None (none)
     """
     starts = learn_from if learn_from is not None else [0] * len(conversations)
-    rows = [tokenize_conversation(tokenizer, c, max_length, i) for c, i in zip(conversations, starts, strict=True)]
+    tools = tools if tools is not None else [None] * len(conversations)
+    rows = [tokenize_conversation(tokenizer, c, max_length, i, t)
+            for c, i, t in zip(conversations, starts, tools, strict=True)]
     width = max(len(ids) for ids, _, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

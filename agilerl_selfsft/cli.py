@@ -29,14 +29,17 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     from agilerl_selfsft.data import load_conversations
     from agilerl_selfsft.env import SelfSFTGym
     from agilerl_selfsft.models import load_model, resolve_model_path
-    from agilerl_selfsft.rewards import resolve_reward
+    from agilerl_selfsft.rewards import import_function, resolve_reward
     from agilerl_selfsft.tasks import drop_long_prompts, load_tasks
 
     # Everything that can be wrong with the inputs is checked before the model is loaded.
     train, held_out = load_tasks(config.task.train, config.bad_rows), load_tasks(config.task.eval, config.bad_rows)
     static = config.static_data
     static_data = load_conversations(static.path, config.bad_rows) if static is not None else None
-    resolve_reward(config.reward)
+    agent = import_function(config.agent, "agent") if config.agent is not None else None
+    reward = None if agent is not None else config.reward
+    if reward is not None:
+        resolve_reward(reward)
     if config.threads:
         torch.set_num_threads(config.threads)
     model, tokenizer = load_model(resolve_model_path(config.model))
@@ -63,7 +66,7 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         gradient_checkpointing=torch.cuda.is_available(),  # on CPU it only costs time at these sizes
     )
     env = SelfSFTGym(
-        train, held_out, tokenizer, config.reward, data_batch_size_per_gpu=config.batch_size,
+        train, held_out, tokenizer, reward, agent=agent, data_batch_size_per_gpu=config.batch_size,
         selection=s.strategy, threshold=s.threshold, top_k=s.top_k, top_fraction=s.top_fraction,
         keep_truncated=s.keep_truncated, replay_capacity=s.replay_capacity, replay_ratio=s.replay_ratio,
         static_data=static_data, static_fraction=static.fraction if static else 0.5,

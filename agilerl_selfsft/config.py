@@ -111,6 +111,7 @@ class Config(_Strict):
     model: str = EMBEDDED_NAME
     task: TaskFiles
     reward: str | dict[str, Any] | list[str | dict[str, Any]] = "contains"
+    agent: str | None = Field(None, description="'module:function': a multi-turn agent whose return value is the reward")
     iterations: int = Field(6, ge=0)
     prompts_per_iteration: int = Field(64, ge=1)
     num_generations: int = Field(4, ge=1, description="K: completions sampled per prompt")
@@ -135,6 +136,12 @@ class Config(_Strict):
     bad_rows: Literal["stop", "skip"] = Field("stop", description="a malformed or unusable data row: stop, or skip it")
     seed: int = 42
     threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _reward_or_agent(self) -> Config:
+        if self.agent is not None and "reward" in self.model_fields_set:
+            raise ValueError("set reward or agent, not both: an agent's return value is the reward")
+        return self
 
     def resolve_paths(self, base: Path) -> Config:
         """Data paths relative to the config file's folder become absolute."""

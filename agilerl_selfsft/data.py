@@ -13,7 +13,8 @@ Row shapes (see :data:`SHAPES`), each turned into a :class:`Row` whose ``message
 - ``{"system": str, "conversations": [...]}`` (ShareGPT, ALFWorld trajectories).
 
 Turns are ``{"role", "content"}`` or ShareGPT's ``{"from", "value"}`` with ``from`` one of ``human``,
-``gpt``, ``system``, ``tool`` (see :data:`ROLES`). What a row is used for — a prompt to answer
+``gpt``, ``system``, ``tool`` (see :data:`ROLES`); an assistant turn may carry TRL's ``tool_calls`` (with a
+``tools`` column: see :func:`conversation_from_row`). What a row is used for — a prompt to answer
 (:func:`agilerl_selfsft.tasks.load_tasks`) or a conversation to learn (:func:`load_conversations`) —
 is decided after reading, by the caller's ``convert``.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.tools import as_tool_text
 
 log = logging.getLogger("agilerl_selfsft")
 
@@ -127,7 +129,8 @@ def load_conversations(source: Any, on_error: OnError = "stop") -> list[list[Mes
 
 def conversation_from_row(row: Row) -> list[Message]:
     """The chat of ``row`` to learn from (its assistant turns); a plain prompt row takes its ``completion``
-    or string ``answer`` as the reply.
+    or string ``answer`` as the reply. A row with a ``tools`` column or assistant ``tool_calls`` (TRL's tool
+    format) is written as the agent loop writes tools (:func:`agilerl_selfsft.tools.as_tool_text`).
 
     :raises SelfSFTError: naming the row when it has no assistant turn
     """
@@ -139,6 +142,11 @@ def conversation_from_row(row: Row) -> list[Message]:
     if not any(m["role"] == "assistant" for m in messages):
         hint = "; a prompt row needs a 'completion' (or string 'answer')" if row.prompt is not None else ""
         raise SelfSFTError(f"{row.where}: the conversation has no assistant turn to learn from{hint}")
+    if row.columns.get("tools") is not None or any("tool_calls" in m for m in messages):
+        try:
+            return as_tool_text(messages, row.columns.get("tools"))
+        except SelfSFTError as exc:
+            raise SelfSFTError(f"{row.where}: {exc}") from None
     return messages
 
 
@@ -181,9 +189,9 @@ def _turn(turn: Any, where: str) -> Message:
     if not isinstance(turn, dict):
         raise SelfSFTError(f"{where}: a turn must be a mapping {TURNS}, got {type(turn).__name__}")
     turn = {k: v for k, v in turn.items() if v is not None}
-    if isinstance(turn.get("role"), str) and "content" in turn:
+    if isinstance(turn.get("role"), str) and ("content" in turn or "tool_calls" in turn):
         role = ROLES.get(turn["role"].lower(), turn["role"])  # other roles go to the chat template as they are
-        return {**turn, "role": role}
+        return {"content": "", **turn, "role": role}  # a tool-call turn may have no content
     if isinstance(turn.get("from"), str) and "value" in turn:
         role = ROLES.get(turn["from"].lower())
         if role is None:

@@ -24,6 +24,7 @@ import copy
 import os
 from typing import TYPE_CHECKING, Any
 
+from agilerl_selfsft.agents import rollout
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import Generations
 
@@ -172,14 +173,18 @@ def sample_scored(
     temperature: float | None = None,
 ) -> tuple[list[Scored], Generations]:
     """Sample and score completions for ``tasks`` (arguments as :meth:`SelfSFT.sample`), each rank doing its
-    share; all ranks get every result.
+    share; all ranks get every result. With an agent on ``env``, each sample is one of the agent's
+    conversations (:func:`agilerl_selfsft.agents.rollout`), scored by the agent.
 
     :return: the scored samples in the order of ``tasks`` (K per task) and the generations of all ranks
         (``texts``/``finished`` in task order, ``num_tokens`` summed, ``seconds`` of the slowest rank)
     """
     dp = DataParallel(getattr(agent, "accelerator", None))
     mine = tasks[dp.shard(len(tasks))]
-    if mine:
+    if mine and getattr(env, "agent", None) is not None:  # multi-turn: the agent's conversations, batched
+        done = rollout(agent, env.agent, mine, num_generations or agent.num_generations, greedy, temperature)
+        generations, scored = done.generations(), done.scored()
+    elif mine:
         generations = agent.sample([t.messages for t in mine], num_generations, greedy=greedy, temperature=temperature)
         scored = env.score(mine, generations)
     else:  # more ranks than tasks

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,8 +27,15 @@ class SelfSFTGym:
     Batches have AgileRL's ``SFTPrompts`` format (``prompt``, ``response``, ``prompt_lengths``, right-padded
     ``input_ids`` and ``attention_mask``) plus a ``loss_mask`` over the sample's own (last, assistant) turn:
     assistant turns inside a task's prompt, such as few-shot examples, are context and carry no loss. A
-    static conversation's ``loss_mask`` covers every assistant turn. ``num_static`` and ``num_self`` count
-    the batch's static and self-generated rows (over all processes).
+    static conversation's ``loss_mask`` covers every assistant turn, an agent trajectory's every reply the
+    policy generated in it (tool calls included). ``num_static`` and ``num_self`` count the batch's static and
+    self-generated rows (over all processes).
+
+    **Agents** (``agent``: a multi-turn agent function, see :mod:`agilerl_selfsft.agents`) replace the
+    single completion and the reward: each of the K samples of a prompt is one conversation of the agent
+    with the policy (turns of all conversations batched into one generate call), scored by the reward the
+    agent returns. Selection, replay, static data and evaluation work on these trajectories as on
+    completions.
 
     ``reset()`` shuffles the buffer and returns its first batch; ``step()`` returns the next, starting a new
     shuffled pass (and counting ``num_epochs``) when the buffer is used up. ``eval_mode()`` switches
@@ -54,8 +61,9 @@ class SelfSFTGym:
     :type eval_tasks: list[Task]
     :param tokenizer: the policy's tokenizer (its chat template renders the samples)
     :type tokenizer: PreTrainedTokenizerBase
-    :param reward: reward spec — a callable, a built-in name, ``"module:function"``, or a weighted list
-    :type reward: Any
+    :param reward: reward spec — a callable, a built-in name, ``"module:function"``, or a weighted list;
+        None with an ``agent`` (its return value is the reward), defaults to None
+    :type reward: Any, optional
     :param data_batch_size_per_gpu: samples per training batch, defaults to 8
     :type data_batch_size_per_gpu: int, optional
     :param selection: ``threshold``, ``top_k``, ``top_fraction`` or ``random``, defaults to ``threshold``
@@ -92,6 +100,10 @@ class SelfSFTGym:
         number of processes, and each process gets its own slice of it (as AgileRL's ``SFTGym`` shards its
         dataloader); ``finetune_llm_selfsft`` sets it from the agents when left None, defaults to None
     :type accelerator: accelerate.Accelerator, optional
+    :param agent: a multi-turn agent function ``agent(task, chat) -> reward`` (see
+        :mod:`agilerl_selfsft.agents`) that generates and scores the samples instead of one completion and
+        ``reward``, defaults to None (single-turn completions)
+    :type agent: Callable, optional
     """
 
     def __init__(
@@ -99,7 +111,7 @@ class SelfSFTGym:
         train_tasks: list[Task],
         eval_tasks: list[Task],
         tokenizer: PreTrainedTokenizerBase,
-        reward: Any,
+        reward: Any = None,
         data_batch_size_per_gpu: int = 8,
         selection: str = "threshold",
         threshold: float = 1.0,
@@ -115,7 +127,12 @@ class SelfSFTGym:
         static_decay_iterations: int = 1,
         seed: int = 42,
         accelerator: Any | None = None,
+        agent: Callable[..., Any] | None = None,
     ) -> None:
+        if (reward is None) == (agent is None):
+            raise SelfSFTError("SelfSFTGym needs a reward, or an agent whose return value is the reward (not both)")
+        if agent is not None and not callable(agent):
+            raise SelfSFTError(f"agent must be a function agent(task, chat) -> reward, got {type(agent).__name__}")
         if not train_tasks or not eval_tasks:
             raise SelfSFTError("SelfSFTGym needs at least one train and one held-out prompt")
         if selection not in STRATEGIES:
@@ -135,7 +152,8 @@ class SelfSFTGym:
         self.train_tasks = train_tasks
         self.eval_tasks = eval_tasks
         self.tokenizer = tokenizer
-        self.rewards: list[WeightedReward] = resolve_reward(reward)
+        self.agent = agent
+        self.rewards: list[WeightedReward] = resolve_reward(reward) if reward is not None else []
         self.data_batch_size_per_gpu = data_batch_size_per_gpu
         self.selection = selection
         self.threshold = threshold
@@ -184,6 +202,8 @@ class SelfSFTGym:
     # ---- scoring and selection ----
     def score(self, tasks: list[Task], generations: Generations) -> list[Scored]:
         """Score every completion of ``generations`` (``texts[i]`` answers ``tasks[i]``) with the reward."""
+        if self.agent is not None:
+            raise SelfSFTError("this environment's samples are scored by its agent: use agents.rollout, not score")
         flat_tasks = [t for t, texts in zip(tasks, generations.texts, strict=True) for _ in texts]
         completions = [c for texts in generations.texts for c in texts]
         finished = [f for flags in generations.finished for f in flags]
@@ -317,9 +337,10 @@ class SelfSFTGym:
             rows = shard_rows(rows, self._world, self.accelerator.process_index)
         samples = [self.buffer[i] for i in rows]
         # a generated sample's own turn is its last message: assistant turns of the prompt (few-shot examples)
-        # are context; a static conversation learns every assistant turn
+        # are context; a static conversation learns every assistant turn; a trajectory the turns it names
+        learn = [s.learn_turns if s.learn_turns is not None else (0 if s.static else -1) for s in samples]
         batch = collate(self.tokenizer, [s.messages for s in samples], self.max_context_length,
-                        learn_from=[0 if s.static else -1 for s in samples])
+                        learn_from=learn, tools=[s.tools for s in samples])
         batch["num_static"], batch["num_self"] = num_static, num_rows - num_static
         return batch
 

@@ -11,6 +11,7 @@ from agilerl_selfsft.distributed import sample_scored
 if TYPE_CHECKING:
     from agilerl_selfsft.algorithm import SelfSFT
     from agilerl_selfsft.env import SelfSFTGym
+    from agilerl_selfsft.selection import Scored
 
 
 def evaluate(
@@ -28,7 +29,8 @@ def evaluate(
     :param temperature: sampling temperature, defaults to None (the agent's)
     :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward),
         ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
-        sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``
+        sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``; with an agent that
+        returns ``(reward, info)``, ``eval_<key>`` (and ``eval_<key>_greedy``): the mean of each info value
     """
     with env.eval_mode():
         tasks = env.prompts
@@ -42,9 +44,20 @@ def evaluate(
         "eval_tokens": float(sampled.num_tokens),
         "eval_seconds": sampled.seconds,
     }
+    result.update({f"eval_{key}": value for key, value in info_means(scored).items()})
     if greedy:
         scored_greedy, decoded = sample_scored(agent, env, tasks, greedy=True)
         result["eval_reward_greedy"] = float(np.mean([s.reward for s in scored_greedy]))
+        result.update({f"eval_{key}_greedy": value for key, value in info_means(scored_greedy).items()})
         result["eval_tokens"] += decoded.num_tokens
         result["eval_seconds"] += decoded.seconds
     return result
+
+
+def info_means(scored: list[Scored]) -> dict[str, float]:
+    """The mean of each info value an agent returned (over the samples that have it), by key."""
+    values: dict[str, list[float]] = {}
+    for s in scored:
+        for key, value in s.info.items():
+            values.setdefault(key, []).append(value)
+    return {key: float(np.mean(v)) for key, v in values.items()}

@@ -96,7 +96,8 @@ def build_pairs(
     :return: the pairs, grouped by prompt in the order prompts first appear; empty when no prompt has a
         reward spread (:func:`pairs_to_dataset` then says so)
     :raises SelfSFTError: for ``min_margin <= 0``, ``pairs_per_prompt < 1``, a sample without its
-        completion as last turn, a non-finite reward, or one prompt id with two different prompts
+        completion as last turn, an agent's trajectory, a non-finite reward, or one prompt id with two
+        different prompts
     """
     if not min_margin > 0:
         raise SelfSFTError(f"min_margin must be > 0 (chosen must be better than rejected), got {min_margin}")
@@ -105,6 +106,9 @@ def build_pairs(
     groups: dict[int, list[Scored]] = {}
     prompts: dict[int, list[Message]] = {}
     for s in dedup(samples):
+        if s.learn_turns is not None:
+            raise SelfSFTError(f"prompt {s.prompt_id}: an agent's multi-turn trajectory cannot be a DPO pair "
+                               "(PreferenceGym takes one prompt and one response); pair single-turn samples")
         turns = _prompt_turns(s)
         if not math.isfinite(s.reward):
             raise SelfSFTError(f"a completion of prompt {s.prompt_id} has a non-finite reward ({s.reward})")

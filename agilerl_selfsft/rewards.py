@@ -132,21 +132,25 @@ def resolve_reward(spec: Any) -> list[WeightedReward]:
     elif spec in BUILTINS:
         fn = BUILTINS[spec]
     elif ":" in spec:
-        fn = _import_function(spec)
+        fn = import_function(spec)
     else:
         raise SelfSFTError(f"unknown reward {spec!r}; built-ins are: {', '.join(BUILTINS)} (or use 'module:function')")
     return [WeightedReward(fn, float(weight), spec)]
 
 
-def _import_function(path: str) -> RewardFn:
+def import_function(path: str, what: str = "reward") -> Callable[..., Any]:
+    """The function ``"package.module:function"`` names; a :class:`SelfSFTError` says what is wrong.
+
+    :param what: what the function is for, in errors, defaults to ``"reward"``
+    """
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 -- any import failure is the user's module; report it in one line
-        raise SelfSFTError(f"reward {path!r}: module {module_name!r} does not import ({type(exc).__name__}: {exc})") from None
+        raise SelfSFTError(f"{what} {path!r}: module {module_name!r} does not import ({type(exc).__name__}: {exc})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise SelfSFTError(f"reward {path!r}: {module_name} has no function {attr!r}")
+        raise SelfSFTError(f"{what} {path!r}: {module_name} has no function {attr!r}")
     return fn
 
 

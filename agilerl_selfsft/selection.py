@@ -14,7 +14,7 @@ Strategies (each applied after dropping exact duplicates of the same prompt's co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,9 @@ class Scored:
     """One training sample: the full chat (prompt turns + the completion) and its reward.
 
     A generated sample learns its completion (the last turn) only; a ``static`` one — a conversation of
-    static SFT data, never generated nor scored (reward NaN) — learns every assistant turn.
+    static SFT data, never generated nor scored (reward NaN) — learns every assistant turn; an agent's
+    trajectory (:mod:`agilerl_selfsft.agents`) learns the turns ``learn_turns`` names: every reply the
+    policy generated in it, tool calls included.
     """
 
     prompt_id: int
@@ -36,6 +38,9 @@ class Scored:
     reward: float
     finished: bool = True  # ended with an end-of-turn token, not cut off at max_new_tokens
     static: bool = False
+    learn_turns: list[int] | None = None  # indices of the assistant turns that carry loss (None: see above)
+    tools: list[dict[str, Any]] | None = None  # tool schemas the chat template renders with the messages
+    info: dict[str, float] = field(default_factory=dict)  # an agent's own per-trajectory measurements
 
 
 def dedup(samples: list[Scored]) -> list[Scored]:

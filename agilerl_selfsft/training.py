@@ -19,7 +19,7 @@ from agilerl_selfsft.checkpoints import save_iteration
 from agilerl_selfsft.distributed import check_supported, sample_scored
 from agilerl_selfsft.env import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.evaluation import evaluate
+from agilerl_selfsft.evaluation import evaluate, info_means
 from agilerl_selfsft.report import read_metrics
 from agilerl_selfsft.runstate import crash_point, restore, write_state
 from agilerl_selfsft.selection import Scored
@@ -67,6 +67,11 @@ def finetune_llm_selfsft(
     ``eval_temperature`` for all agents, so a mutated sampling temperature cannot buy fitness.
 
     Iteration 0 is the starting policy, evaluated before any training.
+
+    With an agent on ``env`` (:mod:`agilerl_selfsft.agents`), each sample is a multi-turn conversation of
+    the agent with the policy (the turns of all conversations batched into one generate call), its reward
+    the agent's; training learns every reply the policy generated in the selected trajectories. Info values
+    the agent returns are reported as ``train_<key>`` and ``eval_<key>`` means.
 
     :param pop: the agents (all share ``env``; each trains on its own samples)
     :param env: prompts, reward, selection and the training buffer
@@ -152,12 +157,13 @@ def finetune_llm_selfsft(
         for agent in pop:
             torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
             who = f"{tag}" + (f" [agent {agent.index}]" if len(pop) > 1 else "")
-            # 1. generate
-            _info(verbose, "%s [Stage 1] Sampling %d completions for each of %d prompts (T=%.2f)...", who, agent.num_generations, len(tasks), agent.temperature)
+            # 1. generate (with an agent: K multi-turn conversations per prompt, each turn batched)
+            what = "agent conversations" if getattr(env, "agent", None) is not None else "completions"
+            _info(verbose, "%s [Stage 1] Sampling %d %s for each of %d prompts (T=%.2f)...", who, agent.num_generations, what, len(tasks), agent.temperature)
             scored, generations = sample_scored(agent, env, tasks)  # 1-2: each process its share, gathered
             crash_point("generate", iteration)
             _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens, generations.seconds, generations.num_tokens / max(generations.seconds, 1e-9))
-            # 2. score (done above, with generation)
+            # 2. score (done above, with generation; an agent scores its own conversations)
             if on_scored is not None and dp.is_main:
                 on_scored(iteration, agent, scored)
             train_reward = float(np.mean([s.reward for s in scored]))
@@ -195,7 +201,8 @@ def finetune_llm_selfsft(
             agent.metrics.add_fitness(evaluation["eval_reward"])
             _info(verbose, "%s [Stage 5] Evaluation completed. Average reward: %.4f (greedy %.4f)", who, evaluation["eval_reward"], evaluation["eval_reward_greedy"])
             members.append({
-                **_hp(agent), **_clean(evaluation), "train_reward": train_reward, **stats,
+                **_hp(agent), **_clean(evaluation), "train_reward": train_reward,
+                **{f"train_{key}": value for key, value in info_means(scored).items()}, **stats,
                 "loss": learn["loss"], "kl": learn["kl"], "learn_steps": learn["steps"],
                 "learned_static": learned["static"], "learned_self": learned["self"],
                 "gen_tokens": generations.num_tokens, "gen_seconds": round(generations.seconds, 2),

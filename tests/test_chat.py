@@ -119,3 +119,13 @@ def test_learn_from_counts_from_the_end_when_negative(tokenizer):
     learned = decode(tokenizer, [t for t, m in zip(last[0], last[1]) if m])
     assert learned.removesuffix("\n") == "Berlin, of course.<|im_end|>"  # the first reply is context
     assert tokenize_conversation(tokenizer, MULTI, learn_from=-100)[1] == all_turns  # before the start: every turn
+
+
+def test_learn_from_indices_learn_exactly_those_assistant_turns(tokenizer):
+    ids, mask, prompt_length = tokenize_conversation(tokenizer, MULTI, learn_from=[5])  # the second reply only
+    learned = [decode(tokenizer, toks).removesuffix("\n") for m, toks in spans(ids, mask) if m]
+    assert learned == ["Berlin, of course.<|im_end|>"]
+    assert prompt_length == mask.index(1)  # everything before it is context
+    assert tokenize_conversation(tokenizer, MULTI, learn_from=[2, 5]) == tokenize_conversation(tokenizer, MULTI)
+    with pytest.raises(ValueError, match="not assistant turns"):
+        tokenize_conversation(tokenizer, MULTI, learn_from=[3])  # a tool turn

@@ -36,6 +36,15 @@ BAD_REWARDS = textwrap.dedent(
 
     def always_zero(prompts, completions, **kw):
         return [0.0] * len(completions)
+
+    def two_turn_agent(task, chat):
+        reply = chat(list(task.messages))
+        again = chat([*task.messages, reply, {"role": "user", "content": "Sure?"}])
+        return 1.0, {"turns": 2.0, "long": float(len(again["content"]) > 3)}
+
+    def crashing_agent(task, chat):
+        chat(list(task.messages))
+        raise KeyError("no tool")
     """
 )
 
@@ -147,6 +156,30 @@ def test_broken_reward_is_one_line_and_leaves_no_run(workdir, tiny_model_dir, ca
     assert not (workdir / "run").exists()
 
 
+def test_an_agent_from_the_config_trains_on_its_conversations(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir, agent="badrewards:two_turn_agent")
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
+    assert code == 2 and line.endswith("set reward or agent, not both: an agent's return value is the reward"), line
+    assert not (workdir / "run").exists()
+    config = write_config(workdir, tiny_model_dir, agent="badrewards:two_turn_agent")
+    text = json.loads(config.read_text())
+    del text["reward"]
+    config.write_text(json.dumps(text))
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    rows = read_metrics(workdir / "run")
+    assert rows[0]["eval_turns"] == 2.0 and rows[1]["train_turns"] == 2.0 and "eval_long_greedy" in rows[1]
+    assert rows[1]["train_reward"] == 1.0 and rows[1]["kept"] > 0 and rows[1]["learned_self"] > 0
+    text["agent"] = "badrewards:crashing_agent"
+    config.write_text(json.dumps(text))
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run2")
+    assert code == 2 and "agent 'crashing_agent' on task 0 ('What is the capital of Chile?') raised KeyError" in line
+    assert not (workdir / "run2").exists()
+    text["agent"] = "badrewards:nowhere"
+    config.write_text(json.dumps(text))
+    assert run_cli(capsys, "train", "--config", str(config)) == (2, "error: agent 'badrewards:nowhere': badrewards has "
+                                                                    "no function 'nowhere'")
+
+
 def test_missing_and_empty_task_files_are_named(workdir, tiny_model_dir, capsys):
     config = write_config(workdir, tiny_model_dir, task={"train": "nowhere.jsonl", "eval": "eval.jsonl"})
     assert run_cli(capsys, "train", "--config", str(config)) == (2, f"error: task file not found: {workdir / 'nowhere.jsonl'}")
@@ -245,3 +278,18 @@ def test_a_damaged_checkpoint_is_one_line(workdir, tiny_model_dir, capsys):
     assert code == 2 and "is damaged: actor/adapter_model.safetensors does not match its manifest" in line
     code, line = run_cli(capsys, "train", "--config", str(write_config(workdir, tiny_model_dir, iterations=2)), "--output", "run", "--resume")
     assert code == 2 and "is damaged" in line
+
+
+@pytest.mark.parametrize("name", ["capitals.yaml", "capital_agent.yaml"])
+def test_shipped_configs_load_with_their_data_and_functions(name):
+    from agilerl_selfsft.cli import DEMO_CONFIG
+    from agilerl_selfsft.config import load_config
+    from agilerl_selfsft.rewards import import_function, resolve_reward
+    from agilerl_selfsft.tasks import load_tasks
+
+    config = load_config(DEMO_CONFIG.parent / name)
+    assert len(load_tasks(config.task.train)) == 159 and len(load_tasks(config.task.eval)) == 40
+    if config.agent is not None:
+        assert import_function(config.agent, "agent").__name__ == "capital_agent"
+    else:
+        assert [r.name for r in resolve_reward(config.reward)] == ["contains"]

@@ -10,7 +10,9 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from agilerl_selfsft.data import SHAPES, Row, load_conversations, load_rows, normalise_row, read_jsonl
+from agilerl_selfsft.chat import collate
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.tools import parse_tool_calls, with_tools_prompt
 
 # Two conversations, one with a system prompt: every source below holds these and nothing else.
 CHATS = [
@@ -207,6 +209,52 @@ def test_multi_turn_trajectory_keeps_every_turn(tmp_path):
     path = write_jsonl(tmp_path / "traj.jsonl", [{"system": "You are a household robot.", "conversations": turns}])
     [chat] = load_conversations(path)
     assert chat == [{"role": "system", "content": "You are a household robot."}, *turns]
+
+
+LOOKUP = {"type": "function", "function": {"name": "lookup", "description": "Look up a capital.",
+                                          "parameters": {"type": "object", "properties": {"country": {"type": "string"}}}}}
+
+
+def tool_trajectory():
+    """An oracle agent trajectory in TRL's tool format: a tools column and structured assistant tool calls."""
+    return [
+        {"role": "system", "content": "Use the tool."},
+        {"role": "user", "content": "Capital of Peru?"},
+        {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "lookup",
+                                                                             "arguments": '{"country": "Peru"}'}}]},
+        {"role": "tool", "name": "lookup", "content": "Lima"},
+        {"role": "assistant", "content": "Lima."},
+    ]
+
+
+def test_tool_trajectories_are_written_as_the_agent_loop_writes_tools(tokenizer):
+    """Static agent trajectories learn the tokens the policy writes in a rollout: the <tool_call> text that
+    parse_tool_calls reads back, with the tools prompt in the system turn (SmolLM2 renders no tools)."""
+    dataset = Dataset.from_list([{"messages": tool_trajectory(), "tools": json.dumps([LOOKUP])}])  # a string column
+    [chat] = load_conversations(dataset)
+    assert chat[0] == with_tools_prompt([{"role": "system", "content": "Use the tool."}], [LOOKUP])[0]
+    assert chat[2] == {"role": "assistant", "content": '<tool_call>\n{"name": "lookup", "arguments": {"country": "Peru"}}\n</tool_call>'}
+    assert parse_tool_calls(chat[2]["content"]) == ([{"type": "function", "function": {"name": "lookup", "arguments": {"country": "Peru"}}}], None)
+    assert chat[1:2] + chat[3:] == tool_trajectory()[1:2] + tool_trajectory()[3:]
+    batch = collate(tokenizer, [chat])  # a static conversation learns every assistant turn, the tool call included
+    learned = tokenizer.decode(batch["input_ids"][0][batch["loss_mask"][0].bool()])
+    assert learned == f"{chat[2]['content']}<|im_end|>\nLima.<|im_end|>\n"
+
+
+@pytest.mark.parametrize(
+    ("tools", "call", "match"),
+    [
+        ("[{", {"function": {"name": "lookup", "arguments": {}}}, r"row 0: 'tools' is not valid JSON"),
+        ({"name": "lookup"}, {"function": {"name": "lookup", "arguments": {}}}, r"row 0: 'tools' must be a list"),
+        ([LOOKUP], {"function": {"arguments": {}}}, r"row 0: turn 2: a tool call needs a string 'name'"),
+        ([LOOKUP], {"function": {"name": "lookup", "arguments": "not json"}}, r"row 0: turn 2: a tool call needs"),
+    ],
+)
+def test_bad_tool_rows_name_the_row_and_the_turn(tools, call, match):
+    chat = tool_trajectory()
+    chat[2] = {"role": "assistant", "tool_calls": [call]}
+    with pytest.raises(SelfSFTError, match=match):
+        load_conversations([{"messages": chat, "tools": tools}])
 
 
 def test_csv_cells_stay_strings_and_json_cells_are_read(tmp_path):

@@ -93,6 +93,8 @@ def test_a_cut_off_completion_is_rejected_but_not_chosen_unless_asked():
         ({}, [Scored(3, q(3), "x", 1.0)], r"a sample of prompt 3 does not end with its assistant completion"),
         ({}, [s(0, "a", 1.0), Scored(0, [*q(9), {"role": "assistant", "content": "b"}], "b", 0.0)],
          r"prompt id 0 is used by two different prompts"),
+        ({}, [Scored(4, [*q(4), {"role": "assistant", "content": "c"}], "c", 1.0, learn_turns=[1])],
+         r"prompt 4: an agent's multi-turn trajectory cannot be a DPO pair"),
     ],
 )
 def test_bad_input_is_one_clear_error(kwargs, samples, message):
