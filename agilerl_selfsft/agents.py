@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
-from agilerl_selfsft.chat import Message
+from agilerl_selfsft.chat import Message, render_prompt
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import Generations
 from agilerl_selfsft.selection import Scored
 from agilerl_selfsft.tasks import Task
-from agilerl_selfsft.tools import ToolParser, parse_tool_calls, template_supports_tools, tool_schema, with_tools_prompt
+from agilerl_selfsft.tools import (
+    ToolParser,
+    as_tool_text,
+    parse_tool_calls,
+    template_supports_tools,
+    tool_schema,
+    with_tools_prompt,
+)
 
 Chat = Callable[..., Message]
 AgentFn = Callable[[Task, Chat], Any]
@@ -150,20 +157,21 @@ def rollout(
     name = getattr(agent, "__name__", repr(agent))
     out = Rollouts()
 
-    def respond(requests: list[_Request]) -> list[_Reply]:
-        tools = [r.tools for r in requests]
-        gens = policy.sample([r.context for r in requests], 1, greedy=greedy, temperature=temperature,
-                             tools=tools if any(t is not None for t in tools) else None)
-        out.generate_calls += 1
-        out.batch_sizes.append(len(requests))
-        out.num_tokens += gens.num_tokens
-        return [_Reply(texts[0], done[0], tool_parser) for texts, done in zip(gens.texts, gens.finished, strict=True)]
-
-    scheduler = _Scheduler(len(conversations), respond, native, max_conversations)
-    results = scheduler.run(agent, conversations)
-
     def where(task: Task) -> str:
         return f"agent {name!r} on task {task.id} ({_preview(task)})"
+
+    def respond(batch: list[tuple[int, _Request]]) -> list[_Reply]:
+        tools = [r.tools for _, r in batch]
+        gens = policy.sample([r.context for _, r in batch], 1, greedy=greedy, temperature=temperature,
+                             tools=tools if any(t is not None for t in tools) else None)
+        out.generate_calls += 1
+        out.batch_sizes.append(len(batch))
+        out.num_tokens += gens.num_tokens
+        return [_reply(texts[0], done[0], tool_parser, where(conversations[c]))
+                for (c, _), texts, done in zip(batch, gens.texts, gens.finished, strict=True)]
+
+    scheduler = _Scheduler(len(conversations), respond, native, max_conversations, policy.tokenizer)
+    results = scheduler.run(agent, conversations)
 
     if scheduler.errors:  # the other conversations were stopped
         c = min(scheduler.errors)
@@ -185,16 +193,27 @@ class _Request:
     tools: list[dict[str, Any]] | None
 
 
+@dataclass
 class _Reply:
-    """A generated reply: the message the agent gets, and what the trajectory records."""
+    """A generated reply: the message the agent gets (with its parsed calls), and its finish flag."""
 
-    def __init__(self, text: str, finished: bool, parser: ToolParser) -> None:
-        calls, error = parser(text)
-        self.finished = finished
-        self.message: Message = {"role": "assistant", "content": text, "tool_calls": calls}
-        if error is not None:
-            self.message["tool_call_error"] = error
-        self.error = error is not None
+    message: Message
+    finished: bool
+    error: bool  # a tool call that could not be parsed
+
+
+def _reply(text: str, finished: bool, parser: ToolParser, where: str) -> _Reply:
+    try:
+        result = parser(text)
+    except Exception as exc:  # noqa: BLE001 -- the user's parser: name it and the task, in one line
+        raise SelfSFTError(f"tool_parser raised {type(exc).__name__}: {exc} on a reply of {where}") from exc
+    calls, error = result if isinstance(result, tuple) and len(result) == 2 else (None, None)
+    if not isinstance(calls, list) or not (error is None or isinstance(error, str)):
+        raise SelfSFTError(f"tool_parser must return (list of calls, error or None), got {result!r:.80}")
+    message: Message = {"role": "assistant", "content": text, "tool_calls": calls}
+    if error is not None:
+        message["tool_call_error"] = error
+    return _Reply(message, finished, error is not None)
 
 
 @dataclass
@@ -211,11 +230,16 @@ class _Stopped(BaseException):  # noqa: N818 -- BaseException: an agent's `excep
 class _Scheduler:
     """Runs one thread per conversation; answers all waiting ``chat`` calls with one batched call at a time."""
 
-    def __init__(self, n: int, respond: Callable[[list[_Request]], list[_Reply]], native: bool, max_live: int) -> None:
-        self.respond, self.native, self.max_live = respond, native, max(max_live, 1)
+    def __init__(
+        self, n: int, respond: Callable[[list[tuple[int, _Request]]], list[_Reply]], native: bool, max_live: int,
+        tokenizer: Any,
+    ) -> None:
+        self.respond, self.native, self.max_live, self.tokenizer = respond, native, max(max_live, 1), tokenizer
         self.cond = threading.Condition()
-        self.pending: dict[int, _Request] = {}
+        self.pending: dict[int, _Request] = {}  # requests of live conversations not yet answered
         self.replies: dict[int, _Reply] = {}
+        self.waiting: set[int] = set()  # conversations inside a chat call
+        self.ended: set[int] = set()  # conversations whose agent returned (or raised)
         self.live = 0  # conversations started and not ended
         self.stopped = False
         self.errors: dict[int, BaseException] = {}
@@ -223,18 +247,22 @@ class _Scheduler:
 
     def chat_for(self, c: int) -> Chat:
         def chat(messages: list[Message], tools: list[Any] | None = None) -> Message:
-            request = _request(messages, tools, self.native)
+            request = _request(messages, tools, self.native, self.tokenizer)
             with self.cond:
                 if self.stopped:
                     raise _Stopped
-                if c in self.pending:
+                if c in self.ended:
+                    raise SelfSFTError("chat was called after the agent returned")
+                if c in self.waiting:
                     raise SelfSFTError("chat was called again before its previous call returned")
+                self.waiting.add(c)
                 self.pending[c] = request
                 self.cond.notify_all()
                 self.cond.wait_for(lambda: c in self.replies or self.stopped)
                 if self.stopped:
                     raise _Stopped
                 reply = self.replies.pop(c)
+                self.waiting.discard(c)
             self.calls[c].append(_Call(request.context, request.tools, reply))
             return {**reply.message, "tool_calls": [dict(call) for call in reply.message["tool_calls"]]}
 
@@ -252,6 +280,8 @@ class _Scheduler:
                 self.errors[c] = exc
             finally:
                 with self.cond:
+                    self.ended.add(c)
+                    self.pending.pop(c, None)  # a call left behind (from another thread) is never answered
                     self.live -= 1
                     self.cond.notify_all()
 
@@ -274,7 +304,7 @@ class _Scheduler:
                         break
                     batch = sorted(self.pending.items())
                     self.pending.clear()
-                replies = self.respond([request for _, request in batch])  # the policy, on this thread
+                replies = self.respond(batch)  # the policy, on this thread
                 with self.cond:
                     self.replies.update((c, reply) for (c, _), reply in zip(batch, replies, strict=True))
                     self.cond.notify_all()
@@ -287,19 +317,29 @@ class _Scheduler:
         return results
 
 
-def _request(messages: Any, tools: list[Any] | None, native: bool) -> _Request:
-    """The context the policy answers: the messages as the template needs them, with the tools."""
+def _request(messages: Any, tools: list[Any] | None, native: bool, tokenizer: Any) -> _Request:
+    """The context the policy answers: the messages as the template needs them, with the tools; rendered
+    once here, on the agent's thread, so that a template that refuses them names the task."""
     if not isinstance(messages, list) or not messages:
         raise SelfSFTError(f"chat needs a non-empty list of messages, got {messages!r:.80}")
     context = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise SelfSFTError(f"chat: message {i} needs a string 'role' and a string 'content', got {m!r:.80}")
+        if m.get("tool_calls") and not m["content"].strip():  # an example turn of structured calls only
+            try:
+                m = as_tool_text([m])[0]
+            except SelfSFTError as exc:
+                raise SelfSFTError(f"chat: message {i}: {exc}") from None
         context.append({key: m[key] for key in _KEPT_KEYS if key in m})  # an assistant turn: its text only
     schemas = [tool_schema(t) for t in tools] if tools else None
-    if schemas is None or native:
-        return _Request(context, schemas)
-    return _Request(with_tools_prompt(context, schemas), None)
+    if schemas is not None and not native:
+        context, schemas = with_tools_prompt(context, schemas), None
+    try:
+        render_prompt(tokenizer, context, schemas)
+    except Exception as exc:  # noqa: BLE001 -- the template's own reason (roles it refuses…), in one line
+        raise SelfSFTError(f"chat: the chat template cannot render these messages ({type(exc).__name__}: {exc})") from None
+    return _Request(context, schemas)
 
 
 def _check_result(value: Any, where: str) -> tuple[float, dict[str, float]]:

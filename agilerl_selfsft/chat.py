@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from agilerl_selfsft.errors import SelfSFTError
+
 Message = dict[str, Any]
 
 
@@ -79,8 +81,12 @@ def tokenize_conversation(
     for i in sorted(learned):
         before = _encode(tokenizer, render_prompt(tokenizer, messages[:i], tools))
         through = _encode(tokenizer, tokenizer.apply_chat_template(messages[: i + 1], tools=tools, tokenize=False))
-        if through[: len(before)] != before or len(through) < len(ids):
-            raise ValueError("the chat template does not render conversations prefix-consistently")
+        if through[: len(before)] != before or before[: len(ids)] != ids:
+            raise SelfSFTError(
+                "the chat template does not render conversations prefix-consistently (it renders earlier turns "
+                "differently once later ones follow, e.g. it strips past reasoning): its multi-turn conversations "
+                "cannot be learned turn by turn"
+            )
         if prompt_length is None:
             prompt_length = len(before)
         mask.extend([0] * (len(before) - len(ids)) + [1] * (len(through) - len(before)))

@@ -11,7 +11,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from agilerl_selfsft.buffer import ReplayBuffer
-from agilerl_selfsft.chat import Message, collate
+from agilerl_selfsft.chat import Message, collate, tokenize_conversation
 from agilerl_selfsft.data import load_conversations
 from agilerl_selfsft.distributed import shard_rows
 from agilerl_selfsft.errors import SelfSFTError
@@ -19,6 +19,7 @@ from agilerl_selfsft.generation import Generations
 from agilerl_selfsft.rewards import WeightedReward, resolve_reward, score
 from agilerl_selfsft.selection import STRATEGIES, Scored, select
 from agilerl_selfsft.tasks import Task
+from agilerl_selfsft.tools import as_tool_text
 
 
 class SelfSFTGym:
@@ -145,6 +146,9 @@ class SelfSFTGym:
         if static_decay_iterations < 1:
             raise SelfSFTError(f"static_decay_iterations must be >= 1, got {static_decay_iterations}")
         self.static_data: list[list[Message]] = _conversations(static_data) if static_data is not None else []
+        if agent is not None or self.static_data:  # multi-turn learning needs a prefix-consistent template: now
+            tokenize_conversation(tokenizer, [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
+                                              {"role": "user", "content": "3"}, {"role": "assistant", "content": "4"}])
         self.static_fraction = static_fraction
         self.static_final_fraction = static_fraction if static_final_fraction is None else static_final_fraction
         self.static_decay_iterations = static_decay_iterations
@@ -355,10 +359,16 @@ def _static_count(fraction: float, own: int, prompts: int) -> int:
 
 
 def _conversations(data: Any) -> list[list[Message]]:
-    """Static data as conversations: loaded ones are checked, anything else is read by ``load_conversations``."""
+    """Static data as conversations: loaded ones are checked (structured tool calls written as text, as
+    :func:`~agilerl_selfsft.data.load_conversations` writes them), anything else is read by it."""
     if isinstance(data, list) and data and all(isinstance(c, list) for c in data):
+        out = []
         for i, chat in enumerate(data):
             if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in chat):
                 raise SelfSFTError(f"static conversation {i} has no assistant turn to learn from")
-        return data
+            try:
+                out.append(as_tool_text(chat) if any("tool_calls" in m for m in chat) else chat)
+            except SelfSFTError as exc:
+                raise SelfSFTError(f"static conversation {i}: {exc}") from None
+        return out
     return load_conversations(data)

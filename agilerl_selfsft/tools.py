@@ -45,13 +45,15 @@ def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], str | None]:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             return [], f"tool call {n} is not valid JSON ({exc.msg}): {raw[:80]!r}"
+        except RecursionError:  # a degenerate reply ("[[[[..."): a parse error like any other
+            return [], f"tool call {n} is nested too deeply to parse: {raw[:80]!r}"
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
             return [], f"tool call {n} has no string 'name': {raw[:80]!r}"
         args = obj.get("arguments", obj.get("parameters", {}))
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 pass
         if not isinstance(args, dict):
             return [], f"tool call {n} has arguments that are not a JSON object: {raw[:80]!r}"
@@ -102,12 +104,15 @@ def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
 def as_tool_text(messages: list[Message], tools: Any = None) -> list[Message]:
     """A conversation with structured tools (TRL / OpenAI style: a ``tools`` list, assistant ``tool_calls``) in
     the text form the agent loop writes for templates that do not render tools: :data:`TOOLS_PROMPT` in the
-    system message, each call a ``<tool_call>`` block after its turn's content. Static agent trajectories
-    written this way train the same tokens the policy generates in :func:`agilerl_selfsft.agents.rollout`.
+    system message, each call a ``<tool_call>`` block after its turn's content. With such a template, static
+    agent trajectories written this way train the tokens the policy writes in :func:`agilerl_selfsft.agents.rollout`
+    (a template that renders tools itself gets the same Hermes text, not its own rendering of ``tools``).
 
     :param tools: tool schemas, or a JSON string of them (``datasets`` columns), defaults to None
     :raises SelfSFTError: naming the turn for a malformed ``tools`` value or tool call
     """
+    if isinstance(tools, str) and not tools.strip():  # a blank CSV cell
+        tools = None
     if isinstance(tools, str):
         try:
             tools = json.loads(tools)

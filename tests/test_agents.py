@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import threading
 
 import pytest
 import torch
@@ -218,6 +219,70 @@ def test_an_agent_that_never_chats_or_sends_bad_messages_is_a_clear_error(tiny_a
         rollout(tiny_agent, lambda task, chat: 1.0, tasks(1))
     with pytest.raises(SelfSFTError, match=r"raised SelfSFTError: chat: message 0 needs a string 'role'"):
         rollout(tiny_agent, lambda task, chat: chat([{"content": "hi"}]), tasks(1))
+
+
+def test_a_parser_or_a_template_that_fails_names_the_task(tiny_agent, make_agent, tokenizer):
+    def broken_parser(text):
+        raise KeyError("name")
+
+    with pytest.raises(SelfSFTError, match=r"tool_parser raised KeyError: 'name' on a reply of agent 'tool_agent' on task 0"):
+        rollout(tiny_agent, tool_agent, tasks(1), tool_parser=broken_parser)
+    with pytest.raises(SelfSFTError, match=r"tool_parser must return \(list of calls, error or None\)"):
+        rollout(tiny_agent, tool_agent, tasks(1), tool_parser=lambda text: "lookup")
+    tok = copy.deepcopy(tokenizer)  # a template that refuses tool turns (as Gemma's refuses roles it lacks)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tool role') }}{% endif %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(SelfSFTError, match=r"agent 'tool_agent' on task 0 \('Question 0\?'\) raised SelfSFTError: chat: "
+                                           r"the chat template cannot render these messages \(TemplateError: no tool role\)"):
+        rollout(make_agent(tokenizer=tok), tool_agent, tasks(1), tool_parser=always_call)
+
+
+def test_a_chat_call_that_outlives_its_agent_ends_with_the_rollout(tiny_agent):
+    """An agent that leaves a chat call running on another thread must not hang the rollout."""
+    outcomes, helpers = [], []
+
+    def agent(task, chat):
+        chat(list(task.messages))
+
+        def late():
+            try:
+                chat(list(task.messages))
+            except BaseException as exc:  # noqa: BLE001 -- _Stopped is a BaseException
+                outcomes.append(type(exc).__name__ + ": " + str(exc))
+
+        helpers.append(threading.Thread(target=late))
+        helpers[-1].start()
+        return 1.0
+
+    runner = threading.Thread(target=lambda: outcomes.append(rollout(tiny_agent, agent, tasks(2), num_generations=2)))
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive(), "the rollout hung on a chat call left behind"
+    for helper in helpers:
+        helper.join(10)
+    done = next(o for o in outcomes if not isinstance(o, str))
+    assert [t.reward for t in done.flat] == [1.0] * 4 and all(t.turns == 1 for t in done.flat)
+    late = [o for o in outcomes if isinstance(o, str)]  # refused after the agent returned, or stopped
+    assert len(late) == 4 and all(o in ("SelfSFTError: chat was called after the agent returned", "_Stopped: ")
+                                  for o in late), late
+
+
+def test_structured_tool_calls_in_the_agents_examples_reach_the_policy_as_text(tiny_agent):
+    asked = []
+    sample = tiny_agent.sample
+
+    def spying_sample(prompts, *args, **kwargs):
+        asked.extend(prompts)
+        return sample(prompts, *args, **kwargs)
+
+    tiny_agent.sample = spying_sample
+    example = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "lookup", "arguments": {"word": "cat"}}}]}
+    rollout(tiny_agent, lambda task, chat: chat([*FEW_SHOT[:1], example, *FEW_SHOT[2:], *task.messages]) and 1.0, tasks(1))
+    assert asked[0][1] == FEW_SHOT[1]  # the same <tool_call> text as a reply the policy writes
 
 
 def test_an_environment_takes_a_reward_or_an_agent(tokenizer):

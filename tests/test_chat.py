@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from agilerl_selfsft.chat import collate, render_prompt, tokenize_conversation, turn_end_token_ids
+from agilerl_selfsft.errors import SelfSFTError
 
 from conftest import MULTI  # a system/user/assistant/tool/user/assistant chat
 
@@ -129,3 +132,18 @@ def test_learn_from_indices_learn_exactly_those_assistant_turns(tokenizer):
     assert tokenize_conversation(tokenizer, MULTI, learn_from=[2, 5]) == tokenize_conversation(tokenizer, MULTI)
     with pytest.raises(ValueError, match="not assistant turns"):
         tokenize_conversation(tokenizer, MULTI, learn_from=[3])  # a tool turn
+
+
+def test_a_template_that_rewrites_past_turns_is_refused_not_mislearned(tokenizer):
+    """Qwen3-style templates strip past reasoning: turn-by-turn masks would put loss on the wrong tokens."""
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not loop.last %}"
+        "{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>hm</think>A"},
+            {"role": "user", "content": "more please"}, {"role": "assistant", "content": "B"}]
+    assert tokenize_conversation(tok, chat, learn_from=[3])[1]  # the last turn alone is fine
+    with pytest.raises(SelfSFTError, match="does not render conversations prefix-consistently"):
+        tokenize_conversation(tok, chat, learn_from=[1, 3])

@@ -241,6 +241,14 @@ def test_tool_trajectories_are_written_as_the_agent_loop_writes_tools(tokenizer)
     assert learned == f"{chat[2]['content']}<|im_end|>\nLima.<|im_end|>\n"
 
 
+def test_a_blank_tools_cell_is_no_tools(tmp_path):
+    path = tmp_path / "static.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "completion", "tools"], ["Capital of Peru?", "Lima.", ""]])
+    assert load_conversations(path) == [[{"role": "user", "content": "Capital of Peru?"},
+                                         {"role": "assistant", "content": "Lima."}]]
+
+
 @pytest.mark.parametrize(
     ("tools", "call", "match"),
     [

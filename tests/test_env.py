@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 
@@ -276,6 +277,25 @@ def test_static_data_from_a_file_and_its_errors(tokenizer, tmp_path):
         make_env(tokenizer, static_data=STATIC, static_fraction=1.5)
     with pytest.raises(SelfSFTError, match="static_decay_iterations must be >= 1"):
         make_env(tokenizer, static_data=STATIC, static_decay_iterations=0)
+
+
+def test_static_tool_calls_become_text_and_unlearnable_templates_are_refused_at_once(tokenizer):
+    call = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "lookup", "arguments": {"c": "Peru"}}}]}
+    chat = [{"role": "user", "content": "Capital of Peru?"}, call, {"role": "tool", "content": "Lima"},
+            {"role": "assistant", "content": "Lima."}]
+    [static] = make_env(tokenizer, static_data=[chat]).static_data
+    assert static[1] == {"role": "assistant", "content": '<tool_call>\n{"name": "lookup", "arguments": {"c": "Peru"}}\n</tool_call>'}
+    with pytest.raises(SelfSFTError, match="static conversation 0: turn 1: a tool call needs a string 'name'"):
+        make_env(tokenizer, static_data=[[chat[0], {"role": "assistant", "content": "", "tool_calls": [{"x": 1}]}]])
+    rewriting = copy.deepcopy(tokenizer)  # strips past reasoning: turn-by-turn masks cannot be right
+    rewriting.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not loop.last %}"
+        "{{ m.content.split('</think>')[-1] }}!{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    make_env(rewriting)  # single-turn samples learn their last turn only: fine
+    with pytest.raises(SelfSFTError, match="does not render conversations prefix-consistently"):
+        make_env(rewriting, static_data=STATIC)
 
 
 def test_run_state_keeps_the_static_order(tokenizer):

@@ -26,6 +26,8 @@ def test_parse_tool_calls_reads_the_hermes_format_and_names_what_is_wrong():
                      ('<tool_call>{"name": "lookup", "arguments": [1]}</tool_call>', "not a JSON object")]:
         calls, error = parse_tool_calls(bad)
         assert calls == [] and why in error
+    degenerate = parse_tool_calls("<tool_call>" + "[" * 5000)  # a model stuck in a loop: json.loads recurses
+    assert degenerate[0] == [] and "nested too deeply" in degenerate[1]
 
 
 def lookup(word: str) -> str:
