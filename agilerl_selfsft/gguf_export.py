@@ -142,14 +142,15 @@ def _tokenizer_json(tokenizer: Any) -> dict:
 
 
 def _tokenizer_pre(tokenizer: Any) -> str:
-    """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer (``gpt2``, or ``smollm`` with single digits)."""
+    """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer (``gpt-2``: GPT-2's split regex, or
+    ``smollm``: digits split first). The model type is ``gpt2``; the pre-tokenizer is named ``gpt-2``."""
     data = _tokenizer_json(tokenizer)
     pre = data.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [(s.get("type"), s.get("use_regex", s.get("individual_digits"))) for s in steps]
     if data["model"]["type"] == "BPE":
         if kinds == [("ByteLevel", True)]:
-            return "gpt2"
+            return "gpt-2"
         if kinds == [("Digits", True), ("ByteLevel", True)]:
             return "smollm"
     shape = "+".join(str(k) for k, _ in kinds) or "none"

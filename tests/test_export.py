@@ -304,6 +304,7 @@ def test_gguf_carries_the_tokenizer_and_chat_template(trained, tokenizer):
 
     fields = gguf.GGUFReader(str(out)).fields
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"  # llama.cpp's name; it refuses an unknown one ("gpt2")
     assert fields["tokenizer.ggml.token_type"].contents()[:3] == [gguf.TokenType.CONTROL] * 3  # <|endoftext|>, <|im_start|>, <|im_end|>
     assert fields["tokenizer.ggml.padding_token_id"].contents() == tokenizer.pad_token_id
 
