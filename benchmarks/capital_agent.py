@@ -65,7 +65,13 @@ def main() -> None:
     parser.add_argument("--selection", choices=("threshold", "random"), default="threshold",
                         help="threshold: keep reward 1.0; random: the control, as many trajectories drawn at random")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/capital_agent"))
+    parser.add_argument("--summarize", action="store_true",
+                        help="only tabulate every capital_agent.json in --output-dir and its subfolders (summary.md)")
     args = parser.parse_args()
+    if args.summarize:
+        (args.output_dir / "summary.md").write_text(summary(args.output_dir))
+        print(summary(args.output_dir))
+        return
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -144,6 +150,37 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['iteration']} | {_f(r.get('train_tool_called'))} | {_f(r.get('train_correct_tool_call'))} "
                      f"| {_f(r['train_reward'])} | {int(r['kept'])} | {_f(r['loss'])} | {_f(r['wall_seconds'])} |")
     lines += [""] + environment_markdown(result)
+    return "\n".join(lines) + "\n"
+
+
+def summary(root: Path) -> str:
+    """Held-out rates per iteration, per run and as mean ± std over the seeds of each selection."""
+    import numpy as np
+
+    runs = [json.loads(p.read_text()) for p in sorted(root.glob("**/capital_agent.json"))]
+    runs.sort(key=lambda r: (r["settings"].get("selection", "threshold 1.0"), r["settings"]["seed"]))
+    keys = [("eval_correct_tool_call", "correct tool call, sampled"), ("eval_correct_tool_call_greedy", "greedy"),
+            ("eval_answer_correct", "answer correct, sampled"), ("eval_reward", "reward, sampled")]
+    lines = ["# Capital agent: every run (held-out countries)", "",
+             "| selection | seed | iteration | " + " | ".join(name for _, name in keys) + " |",
+             "|---" * (3 + len(keys)) + "|"]
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        selection = run["settings"].get("selection", "threshold 1.0").split()[0]
+        groups.setdefault(selection, []).append(run)
+        for row in run["iterations"]:
+            lines.append(f"| {selection} | {run['settings']['seed']} | {row['iteration']} | "
+                         + " | ".join(_f(row.get(k)) for k, _ in keys) + " |")
+    lines += ["", "## Mean ± std over seeds", "",
+              "| selection | seeds | iteration | " + " | ".join(name for _, name in keys) + " |",
+              "|---" * (3 + len(keys)) + "|"]
+    for selection, group in groups.items():
+        for i in range(min(len(r["iterations"]) for r in group)):
+            cells = []
+            for key, _ in keys:
+                values = np.array([r["iterations"][i][key] for r in group], dtype=float)
+                cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else f"{values[0]:.3f}")
+            lines.append(f"| {selection} | {len(group)} | {i} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
