@@ -142,12 +142,10 @@ def conversation_from_row(row: Row) -> list[Message]:
     if not any(m["role"] == "assistant" for m in messages):
         hint = "; a prompt row needs a 'completion' (or string 'answer')" if row.prompt is not None else ""
         raise SelfSFTError(f"{row.where}: the conversation has no assistant turn to learn from{hint}")
-    if row.columns.get("tools") is not None or any("tool_calls" in m for m in messages):
-        try:
-            return as_tool_text(messages, row.columns.get("tools"))
-        except SelfSFTError as exc:
-            raise SelfSFTError(f"{row.where}: {exc}") from None
-    return messages
+    try:
+        return as_tool_text(messages, row.columns.get("tools"))  # a chat without tools comes back as it is
+    except SelfSFTError as exc:
+        raise SelfSFTError(f"{row.where}: {exc}") from None
 
 
 def normalise_row(raw: Any, where: str = "row") -> Row:

@@ -367,7 +367,7 @@ def _conversations(data: Any) -> list[list[Message]]:
             if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in chat):
                 raise SelfSFTError(f"static conversation {i} has no assistant turn to learn from")
             try:
-                out.append(as_tool_text(chat) if any("tool_calls" in m for m in chat) else chat)
+                out.append(as_tool_text(chat))
             except SelfSFTError as exc:
                 raise SelfSFTError(f"static conversation {i}: {exc}") from None
         return out

@@ -49,12 +49,7 @@ def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], str | None]:
             return [], f"tool call {n} is nested too deeply to parse: {raw[:80]!r}"
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
             return [], f"tool call {n} has no string 'name': {raw[:80]!r}"
-        args = obj.get("arguments", obj.get("parameters", {}))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except (json.JSONDecodeError, RecursionError):
-                pass
+        args = _json_object(obj.get("arguments", obj.get("parameters", {})))
         if not isinstance(args, dict):
             return [], f"tool call {n} has arguments that are not a JSON object: {raw[:80]!r}"
         calls.append({"type": "function", "function": {"name": obj["name"], "arguments": args}})
@@ -107,6 +102,7 @@ def as_tool_text(messages: list[Message], tools: Any = None) -> list[Message]:
     system message, each call a ``<tool_call>`` block after its turn's content. With such a template, static
     agent trajectories written this way train the tokens the policy writes in :func:`agilerl_selfsft.agents.rollout`
     (a template that renders tools itself gets the same Hermes text, not its own rendering of ``tools``).
+    A conversation without tools or tool calls comes back as it is (copied).
 
     :param tools: tool schemas, or a JSON string of them (``datasets`` columns), defaults to None
     :raises SelfSFTError: naming the turn for a malformed ``tools`` value or tool call
@@ -138,12 +134,17 @@ def as_tool_text(messages: list[Message], tools: Any = None) -> list[Message]:
 def _call_text(call: Any, turn: int) -> str:
     function = call.get("function", call) if isinstance(call, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
-    arguments = function.get("arguments", {}) if isinstance(function, dict) else None
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            pass
+    arguments = _json_object(function.get("arguments", {})) if isinstance(function, dict) else None
     if not isinstance(name, str) or not name or not isinstance(arguments, dict):
         raise SelfSFTError(f"turn {turn}: a tool call needs a string 'name' and object 'arguments', got {call!r:.80}")
     return tool_call_text(name, arguments)
+
+
+def _json_object(value: Any) -> Any:
+    """Tool-call arguments given as a JSON string (OpenAI style) decoded; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return value
+    return value

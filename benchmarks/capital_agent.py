@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ``machine`` when run as a script
 
-import agilerl_selfsft  # noqa: I001  (before anything from agilerl)
+import agilerl_selfsft  # noqa: F401, I001  (before anything from agilerl)
 from agilerl_selfsft import SelfSFT, SelfSFTGym, finetune_llm_selfsft, load_model
 from agilerl_selfsft.examples.capital_agent import capital_agent, eval_tasks, train_tasks
 
@@ -128,21 +128,14 @@ def markdown(result: dict) -> str:
         f"{s['batch_size']}, lr {s['lr']}, LoRA r16). Held out: {s['held_out_countries']} countries, "
         f"{s['eval_samples']} samples each at T={s['temperature']} plus one greedy rollout. "
         f"Total wall time {result['seconds'] / 60:.1f} min.",
-        "",
-        "## Held-out, sampled (share of conversations)",
-        "",
-        "| iteration | tool called | correct tool call | unparseable call | answer correct | reward |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(f"| {r['iteration']} | " + " | ".join(_f(r.get(f"eval_{m}")) for m in MEASURES)
-                     + f" | {_f(r['eval_reward'])} |")
-    lines += ["", "## Held-out, greedy (one conversation per country)", "",
-              "| iteration | tool called | correct tool call | unparseable call | answer correct | reward |",
-              "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['iteration']} | " + " | ".join(_f(r.get(f"eval_{m}_greedy")) for m in MEASURES)
-                     + f" | {_f(r['eval_reward_greedy'])} |")
+    for title, suffix in (("sampled (share of conversations)", ""), ("greedy (one conversation per country)", "_greedy")):
+        lines += ["", f"## Held-out, {title}", "",
+                  "| iteration | tool called | correct tool call | unparseable call | answer correct | reward |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['iteration']} | " + " | ".join(_f(r.get(f"eval_{m}{suffix}")) for m in MEASURES)
+                         + f" | {_f(r[f'eval_reward{suffix}'])} |")
     lines += ["", "## Training (the iteration's own rollouts, sampled)", "",
               "| iteration | tool called | correct tool call | train reward | kept | loss | wall seconds |",
               "|---|---|---|---|---|---|---|"]

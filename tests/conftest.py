@@ -33,6 +33,16 @@ MULTI = [
 ]
 
 
+def spans(ids, mask):
+    """Consecutive runs of equal mask values: [(mask value, token ids), ...]."""
+    out = []
+    for token, m in zip(ids, mask, strict=True):
+        if not out or out[-1][0] != m:
+            out.append((m, []))
+        out[-1][1].append(token)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (converted once, then cached)."""

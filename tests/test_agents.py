@@ -16,6 +16,8 @@ from agilerl_selfsft.agents import rollout
 from agilerl_selfsft.chat import collate
 from agilerl_selfsft.tools import TOOLS_PROMPT, template_supports_tools
 
+from conftest import spans
+
 LOOKUP = {"type": "function", "function": {
     "name": "lookup", "description": "Look a word up.",
     "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}}
@@ -47,15 +49,6 @@ def tool_agent(task, chat):
         for call in reply["tool_calls"]:
             messages.append({"role": "tool", "content": f"result for {call['function']['arguments']['word']}"})
     return 1.0, {"turns": 2.0}
-
-
-def spans(ids, mask):
-    out = []
-    for token, m in zip(ids, mask, strict=True):
-        if not out or out[-1][0] != m:
-            out.append((m, []))
-        out[-1][1].append(token)
-    return out
 
 
 # ---- batching ----

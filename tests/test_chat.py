@@ -10,19 +10,9 @@ import torch
 from agilerl_selfsft.chat import collate, render_prompt, tokenize_conversation, turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
 
-from conftest import MULTI  # a system/user/assistant/tool/user/assistant chat
+from conftest import MULTI, spans  # MULTI: a system/user/assistant/tool/user/assistant chat
 
 SINGLE = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]
-
-
-def spans(ids, mask):
-    """Consecutive runs of equal mask values: [(mask value, token ids), ...]."""
-    out = []
-    for token, m in zip(ids, mask, strict=True):
-        if not out or out[-1][0] != m:
-            out.append((m, []))
-        out[-1][1].append(token)
-    return out
 
 
 def decode(tokenizer, ids):
