@@ -25,12 +25,12 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     import torch
     from peft import LoraConfig
 
-    from agilerl_selfsft.algorithm import SelfSFT
-    from agilerl_selfsft.data import load_conversations
-    from agilerl_selfsft.env import SelfSFTGym
+    from agilerl_selfsft.algorithm.selfsft import SelfSFT
+    from agilerl_selfsft.data.readers import load_conversations
+    from agilerl_selfsft.data.tasks import drop_long_prompts, load_tasks
+    from agilerl_selfsft.env.gym import SelfSFTGym
+    from agilerl_selfsft.env.rewards import import_function, resolve_reward
     from agilerl_selfsft.models import load_model, resolve_model_path
-    from agilerl_selfsft.rewards import import_function, resolve_reward
-    from agilerl_selfsft.tasks import drop_long_prompts, load_tasks
 
     # Everything that can be wrong with the inputs is checked before the model is loaded.
     train, held_out = load_tasks(config.task.train, config.bad_rows), load_tasks(config.task.eval, config.bad_rows)
@@ -81,7 +81,8 @@ def _hp_config(config: Config):  # noqa: ANN202 -- agilerl HyperparameterConfig
 
     ints = ("num_generations", "batch_size")
     return HyperparameterConfig(**{
-        name: RLParameter(min=int(lo) if name in ints else lo, max=int(hi) if name in ints else hi, dtype=int if name in ints else float)
+        name: RLParameter(min=int(lo) if name in ints else lo, max=int(hi) if name in ints else hi,
+                          dtype=int if name in ints else float)
         for name, (lo, hi) in config.evolution.hp.items()
     })
 
@@ -94,7 +95,9 @@ def build_evolution(config: Config):  # noqa: ANN201 -- (TournamentSelection, Mu
     if config.population < 2:
         return None, None
     e = config.evolution
-    tournament = TournamentSelection(tournament_size=e.tournament_size, elitism=e.elitism, population_size=config.population)
+    tournament = TournamentSelection(
+        tournament_size=e.tournament_size, elitism=e.elitism, population_size=config.population
+    )
     mutation = Mutations(
         no_mutation=e.no_mutation, architecture=e.architecture, new_layer_prob=0.0, parameters=e.parameters,
         activation=e.activation, rl_hp=e.rl_hp, mutate_elite=e.mutate_elite, rand_seed=config.seed,
@@ -102,16 +105,20 @@ def build_evolution(config: Config):  # noqa: ANN201 -- (TournamentSelection, Mu
     return tournament, mutation
 
 
-def train(config_path: str | Path, output: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Path:
+def train(
+    config_path: str | Path, output: str | Path | None = None, resume: bool = False, overwrite: bool = False
+) -> Path:
     """Run ``agilerl-selfsft train``; returns the run directory."""
-    from agilerl_selfsft.report import plot, table
-    from agilerl_selfsft.training import finetune_llm_selfsft
+    from agilerl_selfsft.training.loop import finetune_llm_selfsft
+    from agilerl_selfsft.training.report import plot, table
 
     config = load_config(config_path)
     out = Path(output) if output else Path("runs") / Path(config_path).stem
     holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
     if holds_run and not (resume or overwrite):
-        raise SelfSFTError(f"output dir {out} holds another run; pass --resume to continue it or --overwrite to replace it")
+        raise SelfSFTError(
+            f"output dir {out} holds another run; pass --resume to continue it or --overwrite to replace it"
+        )
     if holds_run and resume and (out / "config.json").exists():
         # A resumed run may be extended (iterations) or given other threads; anything else would mix runs.
         saved = json.loads((out / "config.json").read_text())
@@ -149,9 +156,9 @@ def train(config_path: str | Path, output: str | Path | None = None, resume: boo
 
 def evaluate_checkpoint(checkpoint: str | Path, config_path: str | Path) -> dict[str, float]:
     """Run ``agilerl-selfsft eval``: the held-out reward of a checkpoint."""
-    from agilerl_selfsft.evaluation import evaluate
+    from agilerl_selfsft.training.evaluation import evaluate
 
-    from agilerl_selfsft.checkpoints import load_adapters, verify_checkpoint
+    from agilerl_selfsft.training.checkpoints import load_adapters, verify_checkpoint
 
     verify_checkpoint(checkpoint)  # cheap checks first, before the model is loaded
     config = load_config(config_path)
@@ -166,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="self-train a model from a YAML config")
     p_train.add_argument("--config", required=True, help=f"YAML config (the demo: {DEMO_CONFIG})")
     p_train.add_argument("--output", help="run directory, defaults to runs/<config name>")
-    p_train.add_argument("--resume", action="store_true", help="continue the run in --output from its last complete iteration")
+    p_train.add_argument("--resume", action="store_true",
+                         help="continue the run in --output from its last complete iteration")
     p_train.add_argument("--overwrite", action="store_true", help="replace the run in --output")
     p_eval = sub.add_parser("eval", help="held-out reward of a checkpoint")
     p_eval.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. RUN/checkpoints/latest")
@@ -178,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--output", required=True, help="the folder (adapter, merged) or .gguf file (gguf) to create")
     p_export.add_argument("--dtype", help="merged only: float16 (default) or bfloat16")
     p_export.add_argument("--outtype", help="gguf only: f32, f16 (default), bf16 or q8_0")
-    p_export.add_argument("--base-model", help="the base model (name, folder or hub id); defaults to the one the checkpoint records")
+    p_export.add_argument("--base-model",
+                          help="the base model (name, folder or hub id); defaults to the one the checkpoint records")
     p_export.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.config), indent=2))
         else:
-            from agilerl_selfsft.export import export_checkpoint
+            from agilerl_selfsft.export.formats import export_checkpoint
 
             out = export_checkpoint(args.checkpoint, args.output, args.format, dtype=args.dtype, outtype=args.outtype,
                                     base_model=args.base_model, overwrite=args.overwrite)

@@ -24,7 +24,7 @@ class _Strict(BaseModel):
 
 class TaskFiles(_Strict):
     """The train prompts and the held-out prompts: ``.jsonl``, ``.json`` or ``.csv`` files, or folders
-    written by ``datasets``' ``save_to_disk`` (see :mod:`agilerl_selfsft.data` for the row shapes)."""
+    written by ``datasets``' ``save_to_disk`` (see :mod:`agilerl_selfsft.data.readers` for the row shapes)."""
 
     train: str
     eval: str
@@ -40,7 +40,7 @@ class LoraSettings(_Strict):
 
 
 class SelectionSettings(_Strict):
-    """Which samples are learned from (see :mod:`agilerl_selfsft.selection`)."""
+    """Which samples are learned from (see :mod:`agilerl_selfsft.env.selection`)."""
 
     strategy: Literal["threshold", "top_k", "top_fraction", "random"] = "threshold"
     threshold: float = 1.0
@@ -56,7 +56,7 @@ class StaticDataSettings(_Strict):
 
     ``fraction`` is the share of each iteration's buffer that is static data; with ``final_fraction`` it
     moves linearly to that over ``decay_iterations`` iterations (e.g. 1.0 → 0.0: a warm start on the static
-    data, then self-generated samples only). See :class:`~agilerl_selfsft.env.SelfSFTGym`.
+    data, then self-generated samples only). See :class:`~agilerl_selfsft.env.gym.SelfSFTGym`.
     """
 
     path: str
@@ -65,7 +65,9 @@ class StaticDataSettings(_Strict):
     decay_iterations: int = Field(1, ge=1)
 
 
-MUTABLE = ("lr", "temperature", "num_generations", "batch_size", "kl_coef", "selection_threshold", "selection_top_fraction")
+MUTABLE = (
+    "lr", "temperature", "num_generations", "batch_size", "kl_coef", "selection_threshold", "selection_top_fraction"
+)
 
 
 class EvolutionSettings(_Strict):
@@ -111,7 +113,9 @@ class Config(_Strict):
     model: str = EMBEDDED_NAME
     task: TaskFiles
     reward: str | dict[str, Any] | list[str | dict[str, Any]] = "contains"
-    agent: str | None = Field(None, description="'module:function': a multi-turn agent whose return value is the reward")
+    agent: str | None = Field(
+        None, description="'module:function': a multi-turn agent whose return value is the reward"
+    )
     iterations: int = Field(6, ge=0)
     prompts_per_iteration: int = Field(64, ge=1)
     num_generations: int = Field(4, ge=1, description="K: completions sampled per prompt")
@@ -129,7 +133,9 @@ class Config(_Strict):
     eval_samples: int = Field(4, ge=1)
     eval_greedy: bool = True
     keep_checkpoints: int = Field(3, ge=1)
-    stop_after_empty: int | None = Field(None, ge=1, description="stop after this many iterations with nothing selected")
+    stop_after_empty: int | None = Field(
+        None, ge=1, description="stop after this many iterations with nothing selected"
+    )
     max_prompt_tokens: int | None = Field(None, ge=1, description="longest prompt; default: context - max_new_tokens")
     long_prompts: Literal["skip", "stop"] = "skip"
     static_data: StaticDataSettings | None = None

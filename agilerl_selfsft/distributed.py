@@ -8,14 +8,17 @@ The semantics (every rank ends each iteration with the same adapters, buffer and
   therefore identical on all ranks. Held-out evaluation is sharded and gathered the same way.
 - **Each rank trains on its slice of each batch.** A training batch holds the agent's ``batch_size`` (its
   ``batch_size_per_process`` × processes) samples; rank ``r`` trains on the ``r``-th slice and DeepSpeed
-  averages the gradients, so the adapters stay equal. The last batch of a pass is padded (with its own first samples, as PyTorch's
-  ``DistributedSampler`` does) so every rank makes the same number of optimizer steps.
+  averages the gradients, so the adapters stay equal. The last batch of a pass is padded (with its own first
+  samples, as PyTorch's ``DistributedSampler`` does) so every rank makes the same number of optimizer steps.
 - Losses are averaged over ranks, token counts summed, timings are the slowest rank's; the run's
   ``metrics.jsonl`` and checkpoint bookkeeping are written by the main process only (the DeepSpeed part of
   a checkpoint is written by every rank into the same folder: the run directory must be shared).
 
 Without an accelerator (or with one process) every helper here is a no-op. :func:`make_accelerator` builds
-the DeepSpeed ``Accelerator`` the agents need, on CPU (gloo) or GPUs.
+the DeepSpeed ``Accelerator`` the agents need, on CPU (gloo) or GPUs; :func:`check_launch` checks a run's agents
+against it. A leaf: the stages use these helpers (generation shards prompts and gathers samples in
+:func:`agilerl_selfsft.generation.collect.sample_scored`, the environment slices batches with :func:`shard_rows`),
+never the other way round.
 """
 
 from __future__ import annotations
@@ -24,16 +27,10 @@ import copy
 import os
 from typing import TYPE_CHECKING, Any
 
-from agilerl_selfsft.agents import rollout
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.generation import Generations
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-
-    from agilerl_selfsft.env import SelfSFTGym
-    from agilerl_selfsft.selection import Scored
-    from agilerl_selfsft.tasks import Task
 
 # Generation seeds of rank r are offset by r × this, so ranks never share a random stream.
 RANK_SEED_STRIDE = 1_000_003
@@ -131,7 +128,7 @@ def make_accelerator(ds_config: dict[str, Any] | None = None, **kwargs: Any) -> 
     return accelerator
 
 
-def check_supported(pop: list[Any], accelerator: Accelerator | None) -> DataParallel:
+def check_launch(pop: list[Any], accelerator: Accelerator | None) -> DataParallel:
     """The :class:`DataParallel` of a run, after checking that its agents and launch can run together."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator is not None and accelerator.num_processes != launched:
@@ -162,43 +159,6 @@ def check_supported(pop: list[Any], accelerator: Accelerator | None) -> DataPara
         if any(getattr(agent, "use_vllm", False) for agent in pop):
             raise SelfSFTError("use_vllm is not supported with several processes yet: use Hugging Face generation")
     return dp
-
-
-def sample_scored(
-    agent: Any,
-    env: SelfSFTGym,
-    tasks: list[Task],
-    num_generations: int | None = None,
-    greedy: bool = False,
-    temperature: float | None = None,
-) -> tuple[list[Scored], Generations]:
-    """Sample and score completions for ``tasks`` (arguments as :meth:`SelfSFT.sample`), each rank doing its
-    share; all ranks get every result. With an agent on ``env``, each sample is one of the agent's
-    conversations (:func:`agilerl_selfsft.agents.rollout`), scored by the agent.
-
-    :return: the scored samples in the order of ``tasks`` (K per task) and the generations of all ranks
-        (``texts``/``finished`` in task order, ``num_tokens`` summed, ``seconds`` of the slowest rank)
-    """
-    dp = DataParallel(getattr(agent, "accelerator", None))
-    mine = tasks[dp.shard(len(tasks))]
-    if mine and getattr(env, "agent", None) is not None:  # multi-turn: the agent's conversations, batched
-        done = rollout(agent, env.agent, mine, num_generations or agent.num_generations, greedy, temperature)
-        generations, scored = done.generations(), done.scored()
-    elif mine:
-        generations = agent.sample([t.messages for t in mine], num_generations, greedy=greedy, temperature=temperature)
-        scored = env.score(mine, generations)
-    else:  # more ranks than tasks
-        generations, scored = Generations(), []
-    if not dp.enabled:
-        return scored, generations
-    parts = dp.gather([(scored, generations)])
-    merged = Generations(
-        texts=[t for _, g in parts for t in g.texts],
-        finished=[f for _, g in parts for f in g.finished],
-        num_tokens=sum(g.num_tokens for _, g in parts),
-        seconds=max(g.seconds for _, g in parts),
-    )
-    return [s for part, _ in parts for s in part], merged
 
 
 def shard_rows(rows: list[int], world: int, rank: int) -> list[int]:

@@ -1,7 +1,7 @@
 """A SelfSFT → DPO → GRPO chain on the embedded model and the capitals task, held-out reward after each stage.
 
 1. **SelfSFT**: ``finetune_llm_selfsft`` on the capitals train prompts (replay and a light KL, as in
-   ``configs/capitals.yaml``). Its ``on_scored`` hook (:func:`agilerl_selfsft.preferences.pair_writer`)
+   ``configs/capitals.yaml``). Its ``on_scored`` hook (:func:`agilerl_selfsft.export.pairs.pair_writer`)
    keeps the best-vs-worst completions of every prompt with a reward spread as DPO pairs:
    ``RUN/selfsft/pairs/iteration_NNNN.jsonl``.
 2. **DPO**: AgileRL's ``DPO``, started from the SelfSFT checkpoint with ``load_into`` (actor and reference
@@ -12,9 +12,9 @@
    ``ReasoningGym`` prompts carry no ``initial_prompt_len``, so GRPO would count prompt tokens as actions
    (notes, pitfall 13) — each prompt gets its token length as ``initial_prompt_len`` before ``get_action``.
 
-Each stage is saved with :func:`agilerl_selfsft.checkpoints.save_iteration` (AgileRL's
+Each stage is saved with :func:`agilerl_selfsft.training.checkpoints.save_iteration` (AgileRL's
 ``save_llm_checkpoint`` plus a ``selfsft.json`` manifest), so the next stage loads it with ``load_into`` and
-the evaluator with ``load_adapters``. Evaluation (:func:`agilerl_selfsft.evaluation.evaluate`): the 40
+the evaluator with ``load_adapters``. Evaluation (:func:`agilerl_selfsft.training.evaluation.evaluate`): the 40
 held-out capitals, ``eval_samples`` samples each at T=0.8 (mean reward) and one greedy answer each.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/chain_selfsft_dpo_grpo.py           # full (~15 min, 2 threads)
@@ -51,12 +51,13 @@ from machine import command_line, environment_markdown, machine_info, machine_lo
 from peft import LoraConfig  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, finetune_llm_selfsft, load_into, load_model, load_tasks  # noqa: E402
-from agilerl_selfsft.chat import turn_end_token_ids  # noqa: E402
-from agilerl_selfsft.checkpoints import load_adapters, save_iteration  # noqa: E402
-from agilerl_selfsft.evaluation import evaluate  # noqa: E402
-from agilerl_selfsft.preferences import load_pairs_dataset, pair_writer  # noqa: E402
-from agilerl_selfsft.rewards import contains  # noqa: E402
-from agilerl_selfsft.tasks import CAPITALS_DIR, Task  # noqa: E402
+from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
+from agilerl_selfsft.data.tasks import CAPITALS_DIR  # noqa: E402
+from agilerl_selfsft.env.rewards import contains  # noqa: E402
+from agilerl_selfsft.export.pairs import load_pairs_dataset, pair_writer  # noqa: E402
+from agilerl_selfsft.samples import Task  # noqa: E402
+from agilerl_selfsft.training.checkpoints import load_adapters, save_iteration  # noqa: E402
+from agilerl_selfsft.training.evaluation import evaluate  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "chain"

@@ -3,9 +3,9 @@
 All methods sample from the same weights with the same LoRA shape (r=16, all-linear, dropout 0; the adapters
 start as a no-op), see the same prompts (held-out capitals prompts rendered with the tokenizer's chat template,
 checked to be token-identical), draw K completions per prompt with the same sampling settings (temperature 0.8,
-top-p 1, no top-k, ``max_new_tokens``) and stop on the same token ids (``agilerl_selfsft.chat.turn_end_token_ids``).
+top-p 1, no top-k, ``max_new_tokens``) and stop on the same token ids (``agilerl_selfsft.data.chat.turn_end_token_ids``).
 
-- ``ours``: ``SelfSFT.sample(prompts, K)``: the decode loop of ``agilerl_selfsft.generation`` (shared prompt
+- ``ours``: ``SelfSFT.sample(prompts, K)``: the decode loop of ``agilerl_selfsft.generation.decode`` (shared prompt
   prefix prefilled once, each prompt prefilled once for its K rows, finished rows dropped, freed rows refilled
   with waiting prompts, LoRA folded into a copy of the weights), up to ``generation_batch_size`` live rows;
 - ``loop_refill`` / ``loop_dropped`` / ``loop_shared`` / ``loop_plain``: the same loop with one step after
@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # and switches liger off on machines without CUDA.
 import agilerl_selfsft  # noqa: I001  (import order matters)
 from agilerl_selfsft import SelfSFT, load_model, load_tasks
-from agilerl_selfsft.chat import render_prompt, turn_end_token_ids
-from agilerl_selfsft.tasks import CAPITALS_DIR
+from agilerl_selfsft.data.chat import render_prompt, turn_end_token_ids
+from agilerl_selfsft.data.tasks import CAPITALS_DIR
 
 import argparse
 import copy
@@ -67,7 +67,7 @@ from transformers import GenerationConfig
 from machine import (
     command_line, environment_markdown, machine_info, machine_load, matmul_gflops, nproc, peak_rss_mib, reset_peak_rss,
 )
-from agilerl_selfsft import generation
+from agilerl_selfsft.generation import decode
 
 MODEL = "smollm2-135m-instruct"
 EVAL_FILE = CAPITALS_DIR / "eval.jsonl"
@@ -173,9 +173,9 @@ def timed(fn: Callable[[], tuple[int, list[bool], int]], seed: int) -> dict[str,
 
 
 def run_loop(agent: SelfSFT, texts: list[str], k: int, stop_ids: list[int], **options: bool) -> tuple[int, list[bool], int]:
-    sampling = generation.Sampling(agent.max_new_tokens, stop_ids, temperature=TEMPERATURE, top_p=1.0, top_k=0)
+    sampling = decode.Sampling(agent.max_new_tokens, stop_ids, temperature=TEMPERATURE, top_p=1.0, top_k=0)
     with agent.select_adapter("actor"):
-        gen = generation.sample(agent.actor, agent._tokenizer, texts, k, sampling, agent.generation_batch_size, **options)
+        gen = decode.sample(agent.actor, agent._tokenizer, texts, k, sampling, agent.generation_batch_size, **options)
     return gen.num_tokens, [f for row in gen.finished for f in row], len(gen.batch_rows)
 
 

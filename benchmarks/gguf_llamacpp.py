@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ``machine`` when
 
 import agilerl_selfsft  # noqa: F401, I001  (before anything from agilerl)
 from agilerl_selfsft import SelfSFT, export_checkpoint, load_model
-from agilerl_selfsft.checkpoints import save_iteration
-from agilerl_selfsft.export import merged_model
-from agilerl_selfsft.tasks import CAPITALS_DIR, load_tasks
+from agilerl_selfsft.data.tasks import CAPITALS_DIR, load_tasks
+from agilerl_selfsft.export.formats import merged_model
+from agilerl_selfsft.training.checkpoints import save_iteration
 
 import argparse
 import json

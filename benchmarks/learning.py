@@ -6,7 +6,7 @@ method, a run trains LoRA adapters from the same base model (SmolLM2-135M-Instru
 linear layers, lr 2e-4 for every method) under the same budget of training seconds, and evaluates the held-out
 prompts every quarter of the budget and at the end (greedy reward, and the mean reward of ``--eval-samples``
 samples per prompt at T=0.8), off the clock. Every method is evaluated by the same code
-(``agilerl_selfsft.evaluation.evaluate`` on a SelfSFT agent; GRPO's adapter is loaded into one). The untrained
+(``agilerl_selfsft.training.evaluation.evaluate`` on a SelfSFT agent; GRPO's adapter is loaded into one). The untrained
 model is evaluated once per task and seed: the t=0 point of every curve. What one iteration of each method is,
 and how tokens are counted: ``learning_methods.py``.
 

@@ -3,7 +3,7 @@
 A run trains from the base model, one iteration after another, until its training clock reaches the budget
 (it stops at the first iteration boundary at or after it), and evaluates the held-out prompts whenever another
 ``eval_every_s`` training seconds have passed, and at the end; evaluation is off the clock. Every method is
-evaluated by the same code: :func:`agilerl_selfsft.evaluation.evaluate` on a :class:`SelfSFT` built by
+evaluated by the same code: :func:`agilerl_selfsft.training.evaluation.evaluate` on a :class:`SelfSFT` built by
 :func:`selfsft_agent` (one greedy answer and ``eval_samples`` samples at ``eval_temperature`` per prompt, torch
 seeded with the run's seed first). The SFT methods evaluate their own agent; GRPO's actor adapter is saved
 (``save_iteration``) and loaded into such an agent (``load_adapters``) before each evaluation.
@@ -52,13 +52,13 @@ from machine import peak_rss_mib  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, load_model, load_tasks  # noqa: E402
-from agilerl_selfsft.chat import turn_end_token_ids  # noqa: E402
-from agilerl_selfsft.checkpoints import load_adapters, save_iteration  # noqa: E402
-from agilerl_selfsft.distributed import sample_scored  # noqa: E402
-from agilerl_selfsft.evaluation import evaluate  # noqa: E402
-from agilerl_selfsft.rewards import resolve_reward, score  # noqa: E402
-from agilerl_selfsft.selection import Scored  # noqa: E402
-from agilerl_selfsft.tasks import ARITHMETIC_DIR, CAPITALS_DIR, Task  # noqa: E402
+from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
+from agilerl_selfsft.data.tasks import ARITHMETIC_DIR, CAPITALS_DIR  # noqa: E402
+from agilerl_selfsft.env.rewards import resolve_reward, score  # noqa: E402
+from agilerl_selfsft.generation.collect import sample_scored  # noqa: E402
+from agilerl_selfsft.samples import Scored, Task  # noqa: E402
+from agilerl_selfsft.training.checkpoints import load_adapters, save_iteration  # noqa: E402
+from agilerl_selfsft.training.evaluation import evaluate  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 TASKS = {"capitals": (CAPITALS_DIR, "contains"), "arithmetic": (ARITHMETIC_DIR, "first_number")}
@@ -131,7 +131,7 @@ class ChunkedReasoningGym(ReasoningGym):
     later ones return the batch the previous call's last ``step`` drew and never used, so the calls walk the
     dataset as one long run would. With ``set_prompt_len`` every prompt carries ``initial_prompt_len`` (its
     token length), so GRPO's action mask starts after the prompt. It also counts the tokens generated (per row
-    through its first stop token, as :func:`agilerl_selfsft.generation.hf_generate` counts) and the rewards.
+    through its first stop token, as :func:`agilerl_selfsft.generation.decode.sample` counts) and the rewards.
     """
 
     def __init__(self, *args: Any, set_prompt_len: bool = False, stop_ids: list[int] = (), **kwargs: Any) -> None:

@@ -26,8 +26,8 @@ from peft import LoraConfig  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, finetune_llm_selfsft  # noqa: E402
+from agilerl_selfsft.data.tasks import task_from_row  # noqa: E402
 from agilerl_selfsft.models import load_tokenizer  # noqa: E402
-from agilerl_selfsft.tasks import task_from_row  # noqa: E402
 
 
 def rss_mib() -> float:

@@ -24,7 +24,7 @@ import json
 import random
 from pathlib import Path
 
-OUT_DIR = Path(__file__).resolve().parents[1] / "agilerl_selfsft" / "tasks" / "arithmetic"
+OUT_DIR = Path(__file__).resolve().parents[1] / "agilerl_selfsft" / "data" / "builtin" / "arithmetic"
 INSTRUCTION = "What is {a} {op} {b}? Reply with the number only."
 EXAMPLES = ((4, "+", 3), (11, "-", 5), (6, "+", 8))  # the 3-shot prefix
 

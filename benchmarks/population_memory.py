@@ -36,8 +36,8 @@ def member(size: int, clone: str, threads: int) -> dict:
     from peft import LoraConfig
 
     from agilerl_selfsft import SelfSFT, SelfSFTGym, finetune_llm_selfsft, load_tasks
+    from agilerl_selfsft.data.tasks import CAPITALS_DIR
     from agilerl_selfsft.models import load_model
-    from agilerl_selfsft.tasks import CAPITALS_DIR
 
     torch.set_num_threads(threads)
     if clone == "agilerl":  # AgileRL 2.10.0's clone: a full copy of the model per member

@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # and switches liger off on machines without CUDA.
 import agilerl_selfsft  # noqa: I001  (import order matters)
 from agilerl_selfsft import SelfSFT, load_model, load_tasks
-from agilerl_selfsft.chat import render_prompt
-from agilerl_selfsft.tasks import CAPITALS_DIR
+from agilerl_selfsft.data.chat import render_prompt
+from agilerl_selfsft.data.tasks import CAPITALS_DIR
 
 import argparse
 import gc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning. With torch's default (spinning) and 2
@@ -31,6 +32,29 @@ MULTI = [
     {"role": "user", "content": "And of Germany?"},
     {"role": "assistant", "content": "Berlin, of course."},
 ]
+
+
+# Two conversations, one with a system prompt: what the data tests read back from every source, and a tiny
+# training set elsewhere.
+CHATS = [
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+     {"role": "assistant", "content": "Paris."}],
+    [{"role": "user", "content": "Capital of Peru?"}, {"role": "assistant", "content": "Lima."}],
+]
+
+
+def write_jsonl(path, rows):
+    """Write rows (mappings as JSON, strings as they are: bad lines on purpose) one per line; returns ``path``."""
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def lora_params(agent_or_model, adapter: str = "actor", copy: bool = False) -> dict[str, torch.Tensor]:
+    """The LoRA A/B weights of one adapter of an agent's actor (or of a PEFT model), by parameter name: the
+    live parameters, or detached copies with ``copy``."""
+    model = getattr(agent_or_model, "actor", agent_or_model)
+    params = {n: p for n, p in model.named_parameters() if f"lora_A.{adapter}." in n or f"lora_B.{adapter}." in n}
+    return {n: p.detach().clone() for n, p in params.items()} if copy else params
 
 
 def spans(ids, mask):

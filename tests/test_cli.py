@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agilerl_selfsft.cli import main
-from agilerl_selfsft.report import read_metrics
+from agilerl_selfsft.training.report import read_metrics
 
 BAD_REWARDS = textwrap.dedent(
     """
@@ -284,8 +284,8 @@ def test_a_damaged_checkpoint_is_one_line(workdir, tiny_model_dir, capsys):
 def test_shipped_configs_load_with_their_data_and_functions(name):
     from agilerl_selfsft.cli import DEMO_CONFIG
     from agilerl_selfsft.config import load_config
-    from agilerl_selfsft.rewards import import_function, resolve_reward
-    from agilerl_selfsft.tasks import load_tasks
+    from agilerl_selfsft.data.tasks import load_tasks
+    from agilerl_selfsft.env.rewards import import_function, resolve_reward
 
     config = load_config(DEMO_CONFIG.parent / name)
     assert len(load_tasks(config.task.train)) == 159 and len(load_tasks(config.task.eval)) == 40

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agilerl_selfsft import load_adapters
-from agilerl_selfsft.distributed import DataParallel, check_supported, shard_rows
+from agilerl_selfsft.distributed import DataParallel, check_launch, shard_rows
 from agilerl_selfsft.errors import SelfSFTError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,19 +137,19 @@ def test_unsupported_setups_are_refused_before_any_work(monkeypatch):
     def agent(accelerator, **kw):
         return type("Agent", (), {"accelerator": accelerator, "zero_stage": 2, "use_vllm": False, **kw})()
 
-    assert check_supported([agent(None)], None).world == 1
-    assert check_supported([agent(two)], two).world == 2
+    assert check_launch([agent(None)], None).world == 1
+    assert check_launch([agent(two)], two).world == 2
     with pytest.raises(SelfSFTError, match="built with the accelerator"):
-        check_supported([agent(None)], two)
+        check_launch([agent(None)], two)
     with pytest.raises(SelfSFTError, match="ZeRO-3 is not supported"):
-        check_supported([agent(two, zero_stage=3)], two)
+        check_launch([agent(two, zero_stage=3)], two)
     with pytest.raises(SelfSFTError, match="populations are not supported"):
-        check_supported([agent(two), agent(two)], two)
+        check_launch([agent(two), agent(two)], two)
     with pytest.raises(SelfSFTError, match="use_vllm"):
-        check_supported([agent(two, use_vllm=True)], two)
+        check_launch([agent(two, use_vllm=True)], two)
     # accelerate on CPU without gloo: every process believes it is alone
     one_of_two = FakeAccelerator(0, 1)
     with pytest.raises(SelfSFTError, match="launcher started 2 processes but the accelerator counts 1"):
-        check_supported([agent(one_of_two)], one_of_two)
+        check_launch([agent(one_of_two)], one_of_two)
     monkeypatch.delenv("WORLD_SIZE")
-    assert check_supported([agent(one_of_two)], one_of_two).world == 1
+    assert check_launch([agent(one_of_two)], one_of_two).world == 1

@@ -22,9 +22,10 @@ import unicodedata
 from functools import lru_cache
 from typing import Any
 
-from agilerl_selfsft.agents import Chat
-from agilerl_selfsft.tasks import CAPITALS_DIR, Task, load_tasks
-from agilerl_selfsft.tools import tool_call_text
+from agilerl_selfsft.data.tasks import CAPITALS_DIR, load_tasks
+from agilerl_selfsft.data.tools import tool_call_text
+from agilerl_selfsft.generation.agents import Chat
+from agilerl_selfsft.samples import Task
 
 TOOL_NAME = "country_capital_lookup"
 MAX_TURNS = 3

@@ -1,0 +1,187 @@
+"""Learning in SelfSFT: response-only cross-entropy (and KL to the reference), run in length buckets.
+
+:class:`BucketedLearning` is mixed into :class:`~agilerl_selfsft.algorithm.selfsft.SelfSFT` ahead of AgileRL's
+``SFT``, whose ``learn`` it replaces. It keeps that method's optimisation: the same micro-batches (of
+``micro_batch_size_per_gpu`` rows), each with the mean loss over its labelled tokens, one backward pass (and,
+without DeepSpeed, one optimizer step, through AgileRL's ``_backward_pass``) per micro-batch. What changes is
+how a micro-batch goes through the model: in length buckets (:mod:`agilerl_selfsft.algorithm.batching`), with logits
+only where a label is read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from agilerl.algorithms.core.base import LLMAlgorithm
+from agilerl.utils.llm_utils import gather_if_ds_param
+
+from agilerl_selfsft.algorithm.batching import DEFAULT_MAX_PADDING, Bucket, padding_fraction, plan_buckets, row_extents
+
+
+class BucketedLearning:
+    """Mixin for an AgileRL ``LLMAlgorithm`` with a ``reference`` adapter: :meth:`learn` as described in the
+    module docstring.
+
+    It relies on ``LLMAlgorithm``'s own attributes (``actor``, ``micro_batch_size_per_gpu``,
+    ``update_epochs``, ``zero_stage``, ``calc_position_embeddings``, ``metrics``, the optimizer) and on the
+    two below, which the algorithm sets.
+    """
+
+    #: weight of the KL(actor ‖ reference) term added to the cross-entropy (0: no reference pass)
+    kl_coef: float
+    #: most tokens (rows × padded length) per forward pass, None for no cap beyond the micro-batch
+    micro_batch_tokens: int | None
+    #: most padding a micro-batch's length buckets may compute, as a share of computed tokens
+    bucket_max_padding: float = DEFAULT_MAX_PADDING
+
+    def learn(self, experiences: dict[str, Any], training: bool = True) -> dict[str, float]:
+        """Response-only cross-entropy (plus ``kl_coef`` × KL to the reference) on one batch.
+
+        As in AgileRL's ``SFT.learn``, the batch is cut into micro-batches of ``micro_batch_size_per_gpu``
+        rows; each micro-batch's loss is the mean over its labelled tokens and makes one backward pass
+        (and, without DeepSpeed, one optimizer step). Inside a micro-batch the rows run through the model
+        in length buckets (:mod:`agilerl_selfsft.algorithm.batching`), each cut to its own longest row and holding at
+        most :attr:`micro_batch_tokens` tokens, so little compute goes to padding; the loss and gradient are
+        those of the whole micro-batch (see :meth:`_learn_micro_batch`).
+
+        :param experiences: an ``SFTPrompts`` batch: ``input_ids``, ``attention_mask``, ``prompt_lengths``,
+            and optionally ``loss_mask`` (1 on the tokens to learn: every assistant turn)
+        :type experiences: dict
+        :param training: when ``False`` only the loss is computed, defaults to True
+        :type training: bool, optional
+        :return: ``{"loss", "perplexity", "kl"}`` averaged over micro-batches and epochs, ``"tokens"``: real
+            (non-padding) tokens put through the model, over all epochs, and ``"padding"``: the share of
+            computed positions that were padding
+        :rtype: dict[str, float]
+        """
+        input_ids = experiences["input_ids"]
+        attention_mask = experiences["attention_mask"].long()
+        mask = experiences.get("loss_mask")
+        if mask is None:
+            mask = LLMAlgorithm._create_prompt_masks(experiences["prompt_lengths"], max_length=input_ids.shape[1])
+        mask = (mask.cpu() * attention_mask.cpu())[:, 1:]  # position t predicts token t+1
+        labels = torch.where(mask.bool(), input_ids[:, 1:].cpu(), -100)
+
+        n = input_ids.shape[0]
+        micro = min(n, self.micro_batch_size_per_gpu or n)
+        extents = row_extents(attention_mask)
+        labelled = (labels != -100).any(dim=1).tolist()
+        real = attention_mask.cpu().sum(dim=1).tolist()
+        # ZeRO-3 gathers weights in every forward pass: every process must make as many, so no splitting
+        split = (self.zero_stage or 0) < 3
+        plans = [
+            plan_buckets(
+                range(s, min(s + micro, n)), extents, labelled, self.micro_batch_tokens, self.bucket_max_padding, split
+            )
+            for s in range(0, n, micro)
+        ]
+        computed = sum(b.computed_tokens for plan in plans for b in plan)
+        real_tokens = sum(real[r] for plan in plans for b in plan for r in b.rows)
+        totals = {"loss": 0.0, "perplexity": 0.0, "kl": 0.0}
+        steps = 0
+        for _ in range(self.update_epochs):
+            for plan in plans:
+                ce, kl = self._learn_micro_batch(plan, input_ids, attention_mask, labels, training)
+                totals["loss"] += ce
+                totals["perplexity"] += math.exp(min(ce, 100.0))
+                totals["kl"] += kl
+                steps += 1
+        result = {key: value / max(steps, 1) for key, value in totals.items()}
+        result["tokens"] = float(real_tokens * self.update_epochs)
+        result["padding"] = padding_fraction(computed, real_tokens)
+        if training:
+            for key, value in result.items():
+                self.metrics.log(key, value)
+        return result
+
+    def _learn_micro_batch(
+        self,
+        buckets: list[Bucket],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        training: bool,
+    ) -> tuple[float, float]:
+        """One micro-batch, bucket by bucket: its token-mean CE and KL, and (training) its backward pass.
+
+        A bucket's loss is its own token mean times its share of the micro-batch's labelled tokens, so the
+        bucket losses add up to the micro-batch's token-mean loss and their gradients to its gradient. Without
+        DeepSpeed each bucket is backpropagated as soon as it is computed (one bucket's activations alive at
+        a time) and the last one goes through AgileRL's ``_backward_pass`` (clipping, optimizer step); under
+        DeepSpeed the bucket losses are summed into one ``_backward_pass``, so the engine sees one backward
+        per micro-batch, as before, and counts its gradient accumulation steps as before.
+        """
+        kept = [labels[list(b.rows), : b.length - 1] for b in buckets]
+        total = sum(int((k != -100).sum()) for k in kept)
+        per_bucket = training and not self._uses_deepspeed
+        ce_sum, kl_sum, pending = [], [], []
+        for i, (bucket, bucket_labels) in enumerate(zip(buckets, kept, strict=True)):
+            rows = list(bucket.rows)
+            weight = int((bucket_labels != -100).sum()) / total if total else 1.0
+            with torch.set_grad_enabled(training):
+                ce, kl = self._selfsft_loss(
+                    input_ids[rows, : bucket.length].to(self.device),
+                    attention_mask[rows, : bucket.length].to(self.device),
+                    bucket_labels.to(self.device),
+                    training,
+                )
+                loss = (ce + self.kl_coef * kl if self.kl_coef > 0 else ce) * weight
+            ce_sum.append(ce.detach().float() * weight)  # summed on the device: one host sync per micro-batch
+            kl_sum.append(kl.detach().float() * weight)
+            if per_bucket and i < len(buckets) - 1:
+                self._raise_if_not_finite(loss, per_bucket)
+                loss.backward()
+            elif training:
+                pending.append(loss)
+        if training:
+            loss = pending[0] if len(pending) == 1 else torch.stack(pending).sum()
+            self._raise_if_not_finite(loss, per_bucket)
+            self._backward_pass(loss)
+        return float(torch.stack(ce_sum).sum()), float(torch.stack(kl_sum).sum())
+
+    def _raise_if_not_finite(self, loss: torch.Tensor, accumulated: bool) -> None:
+        """AgileRL's finiteness check; with buckets already backpropagated, their gradients are dropped first."""
+        try:
+            self._raise_if_loss_not_finite_on_any_rank(loss)
+        except ValueError:
+            if accumulated:
+                self.optimizer.zero_grad()
+            raise
+
+    def _selfsft_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, training: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy on the labelled tokens, and KL(actor ‖ reference) there when ``kl_coef > 0``.
+
+        Logits are computed only at labelled positions (the lm_head is patched to identity for the
+        transformer pass), so the ``(B, L, V)`` tensor is never built.
+        """
+        self.actor.train(mode=training)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if self.calc_position_embeddings:
+            kwargs["position_ids"] = self._position_ids_from_mask(attention_mask)
+        keep = labels != -100
+        targets = labels[keep]
+        logits = self._logits_at(kwargs, keep)
+        ce = F.cross_entropy(logits, targets) if targets.numel() else logits.sum() * 0.0
+        kl = torch.zeros((), device=logits.device)
+        if self.kl_coef > 0 and targets.numel():
+            with torch.no_grad(), self.select_adapter("reference"):
+                self.actor.train(mode=False)  # no LoRA dropout in the anchor
+                ref_logits = self._logits_at(kwargs, keep)
+                self.actor.train(mode=training)
+            kl = F.kl_div(
+                F.log_softmax(ref_logits, dim=-1), F.log_softmax(logits, dim=-1), log_target=True, reduction="batchmean"
+            )
+        return ce, kl
+
+    def _logits_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+        """fp32 logits ``(N, V)`` for the N positions where ``keep`` (shifted, ``[B, L-1]``) is true."""
+        with self._patch_lm_head_to_identity() as lm_head:
+            hidden = self.actor.forward(**model_kwargs).logits  # [B, L, H]: the lm_head is identity here
+        picked = hidden[:, :-1, :][keep]
+        with gather_if_ds_param(lm_head.weight, lm_head.bias):
+            return F.linear(picked, lm_head.weight, lm_head.bias).float()

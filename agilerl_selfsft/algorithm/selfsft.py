@@ -1,0 +1,349 @@
+"""SelfSFT: AgileRL's SFT that also samples from itself and can stay near a frozen reference."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+from agilerl.algorithms.sft import SFT
+from transformers import PreTrainedTokenizerBase
+
+from agilerl_selfsft.algorithm.learning import BucketedLearning
+from agilerl_selfsft.algorithm.population import SharedBasePopulation
+from agilerl_selfsft.data.chat import render_prompt, turn_end_token_ids
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.generation import decode
+from agilerl_selfsft.generation.decode import Sampling
+from agilerl_selfsft.samples import Generations, Message
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from agilerl.algorithms.core.registry import HyperparameterConfig
+    from peft import LoraConfig
+
+
+class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
+    """Self-improvement by supervised fine-tuning (expert iteration / rejection-sampling fine-tuning).
+
+    A drop-in :class:`agilerl.algorithms.sft.SFT` — same constructor arguments, same batches, works in
+    ``finetune_llm_sft`` on an ``SFTGym`` — that adds what a self-training loop needs:
+
+    - :meth:`generate` / :meth:`sample`: K completions per prompt, batched across prompts. Sampling settings
+      (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``num_generations``) are plain attributes,
+      read at every call, so AgileRL mutations take effect on the next call. On CPU (or without vLLM) this
+      is Hugging Face ``generate``; with ``use_vllm=True`` it goes through AgileRL's colocated vLLM engine,
+      which receives only the LoRA weights at each sync.
+    - actor and frozen reference LoRA adapters (``use_separate_reference_adapter=True`` by default), and an
+      optional KL(actor ‖ reference) term in :meth:`learn`, weighted by ``kl_coef`` (0 by default).
+    - response-only cross-entropy for single-turn pairs and multi-turn chats: batches that carry a
+      ``loss_mask`` (as :class:`~agilerl_selfsft.env.gym.SelfSFTGym` yields) train on every assistant turn and
+      on nothing else; plain ``SFTGym`` batches are masked by ``prompt_lengths`` as in SFT.
+
+    - populations that share one frozen base model: :meth:`population` and :meth:`clone` (used by AgileRL's
+      ``TournamentSelection``) copy only the LoRA adapters and the optimizer state; every member's base
+      weights are the same tensors. (Under DeepSpeed ZeRO-3 or with a quantised base, AgileRL's full copy is
+      used instead.)
+    - mutable self-training knobs: ``lr``, ``temperature``, ``num_generations``, ``kl_coef``,
+      ``batch_size``, ``selection_threshold`` and ``selection_top_fraction`` can all be named in
+      ``hp_config``; a mutation takes effect at the next iteration (a mutation hook keeps them valid and
+      keeps the micro-batch size in step with ``batch_size``).
+
+    Assumed: a causal LM with a chat template, right-padded training batches, LoRA training (AgileRL trains
+    adapters only). The reward function is not part of the algorithm: it lives in the environment, so
+    clones and checkpoints hold only plain values.
+
+    Where each part is: this class holds the constructor, every knob and its validation (also after a
+    mutation: :meth:`_after_mutation`) and :meth:`sample`, whose decode loop is
+    :func:`agilerl_selfsft.generation.decode.sample`; :meth:`learn` is
+    :class:`~agilerl_selfsft.algorithm.learning.BucketedLearning` (length buckets planned by
+    :mod:`agilerl_selfsft.algorithm.batching`); :meth:`population` and :meth:`clone` are
+    :class:`~agilerl_selfsft.algorithm.population.SharedBasePopulation`.
+
+    Parameters are those of :class:`~agilerl.algorithms.sft.SFT` (same defaults, except
+    ``use_separate_reference_adapter=True``), plus:
+
+    :param tokenizer: tokenizer of the model, used by :meth:`generate`, defaults to None (generation
+        then raises)
+    :type tokenizer: PreTrainedTokenizerBase, optional
+    :param num_generations: K, completions sampled per prompt, defaults to 4
+    :type num_generations: int, optional
+    :param temperature: sampling temperature, defaults to 0.8
+    :type temperature: float, optional
+    :param top_p: nucleus sampling mass, defaults to 1.0
+    :type top_p: float, optional
+    :param top_k: top-k sampling (0 = off), defaults to 0
+    :type top_k: int, optional
+    :param max_new_tokens: longest completion, defaults to 64
+    :type max_new_tokens: int, optional
+    :param generation_batch_size: most rows (prompts × K) decoded together, defaults to 128
+    :type generation_batch_size: int, optional
+    :param kl_coef: weight of the KL(actor ‖ reference) penalty in :meth:`learn`, defaults to 0.0
+    :type kl_coef: float, optional
+    :param use_vllm: generate with AgileRL's colocated vLLM engine (GPU, vllm installed), defaults to False
+    :type use_vllm: bool, optional
+    :param vllm_config: AgileRL ``VLLMConfig`` for that engine, defaults to None (AgileRL's defaults)
+    :type vllm_config: agilerl.utils.llm_utils.VLLMConfig, optional
+    :param max_model_len: longest prompt + completion vLLM accepts, defaults to 1024
+    :type max_model_len: int, optional
+    :param selection_threshold: this agent's least reward for a sample to be kept, defaults to None (the
+        environment's ``threshold``); set it to mutate it
+    :type selection_threshold: float, optional
+    :param selection_top_fraction: this agent's share of samples kept by ``top_fraction`` selection, defaults
+        to None (the environment's); set it to mutate it
+    :type selection_top_fraction: float, optional
+    :param micro_batch_tokens: most tokens (rows × padded length) per forward pass in :meth:`learn`, defaults to
+        None (no cap beyond the micro-batch). ``micro_batch_size_per_gpu`` keeps AgileRL's meaning — the rows
+        whose token-mean loss makes one backward pass (and, without DeepSpeed, one optimizer step) — and
+        :meth:`learn` runs each micro-batch in length buckets: rows of similar length together, cut to their
+        longest, the fewest buckets with at most :attr:`bucket_max_padding` padding, each within this cap.
+        Lower it to bound activation memory without changing the optimisation (without DeepSpeed one bucket
+        is in memory at a time; under DeepSpeed a micro-batch's buckets are backpropagated together)
+    :type micro_batch_tokens: int, optional
+    """
+
+    #: what a clone takes from its parent beyond AgileRL's copied state (see ``SharedBasePopulation``)
+    _clone_keeps = ("_tokenizer", "_micro_follows_batch")
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        pad_token: str,
+        model_name: str | None = None,
+        actor_network: Any | None = None,
+        model_config: dict[str, Any] | None = None,
+        hp_config: HyperparameterConfig | None = None,
+        index: int = 0,
+        batch_size: int = 16,
+        lr: float = 5e-5,
+        max_grad_norm: float = 0.1,
+        update_epochs: int = 1,
+        calc_position_embeddings: bool = True,
+        micro_batch_size_per_gpu: int | None = None,
+        mini_batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        lora_config: LoraConfig | None = None,
+        accelerator: Accelerator | None = None,
+        wrap: bool = True,
+        clone: bool = False,
+        seed: int = 42,
+        gradient_checkpointing: bool = True,
+        use_liger_loss: bool = False,
+        chunk_rows: int | None = None,
+        reduce_memory_peak: bool = False,
+        use_separate_reference_adapter: bool = True,
+        quantization_config: Any | None = None,
+        activation_offload: bool = False,
+        lora_target_scope: str | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        num_generations: int = 4,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 64,
+        generation_batch_size: int = 128,
+        kl_coef: float = 0.0,
+        use_vllm: bool = False,
+        vllm_config: Any | None = None,
+        max_model_len: int = 1024,
+        selection_threshold: float | None = None,
+        selection_top_fraction: float | None = None,
+        micro_batch_tokens: int | None = None,
+    ) -> None:
+        if not clone:
+            # LoRA's A matrices are drawn from torch's global RNG, which is seeded at random per process:
+            # seed it so the same seed gives the same adapters (and a resumed run equals an uninterrupted one).
+            torch.manual_seed(seed)
+        # AgileRL's mutations keep each hyperparameter's current value inside hp_config: members must not
+        # share one (clones pass theirs in here, so every agent gets its own copy).
+        hp_config = copy.deepcopy(hp_config)
+        super().__init__(
+            pad_token_id=pad_token_id,
+            pad_token=pad_token,
+            model_name=model_name,
+            actor_network=actor_network,
+            model_config=model_config,
+            hp_config=hp_config,
+            index=index,
+            batch_size=batch_size,
+            lr=lr,
+            max_grad_norm=max_grad_norm,
+            update_epochs=update_epochs,
+            calc_position_embeddings=calc_position_embeddings,
+            micro_batch_size_per_gpu=micro_batch_size_per_gpu,
+            mini_batch_size=mini_batch_size,
+            device=device,
+            lora_config=lora_config,
+            accelerator=accelerator,
+            wrap=wrap,
+            clone=clone,
+            seed=seed,
+            gradient_checkpointing=gradient_checkpointing,
+            use_liger_loss=use_liger_loss,
+            chunk_rows=chunk_rows,
+            reduce_memory_peak=reduce_memory_peak,
+            use_separate_reference_adapter=use_separate_reference_adapter,
+            quantization_config=quantization_config,
+            activation_offload=activation_offload,
+            lora_target_scope=lora_target_scope,
+        )
+        if num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        if micro_batch_tokens is not None and micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens must be >= 1 or None, got {micro_batch_tokens}")
+        # The tokenizer is kept private: AgileRL persists every public attribute in attributes.pt and would
+        # pickle it; clone() re-attaches it instead.
+        self._tokenizer = tokenizer
+        self.num_generations = num_generations
+        self.temperature = temperature  # SFT.__init__ set 0; sampling needs ours
+        self.top_p = top_p
+        self.top_k = top_k
+        self.max_new_tokens = max_new_tokens
+        self.generation_batch_size = generation_batch_size
+        self.kl_coef = kl_coef
+        self.max_model_len = max_model_len
+        self.selection_threshold = selection_threshold
+        self.selection_top_fraction = selection_top_fraction
+        self.micro_batch_tokens = micro_batch_tokens
+        for name in ("selection_threshold", "selection_top_fraction"):
+            if hp_config is not None and name in hp_config and getattr(self, name) is None:
+                raise SelfSFTError(f"hp_config mutates {name}, but it is None: pass {name}=<start value> to SelfSFT")
+        # micro-batches follow batch_size when the user did not fix them (see _after_mutation)
+        self._micro_follows_batch = micro_batch_size_per_gpu is None and accelerator is None
+        self.register_mutation_hook(self._after_mutation)
+        self.vllm_config = vllm_config
+        self.use_vllm = use_vllm
+        self.metrics.register("kl")
+        self.metrics.register("tokens")  # AgileRL reports these as train/tokens and train/padding ("/" would
+        self.metrics.register("padding")  # make them nested, per-sub-agent metrics)
+        if use_vllm:
+            # SFT.__init__ builds the trainer without vLLM; start the colocated engine after it (the
+            # trainer-first order AgileRL uses for quantised models); only LoRA weights are synced to it.
+            # As in AgileRL, a sleep-mode clone starts no second engine: clone() hands over the parent's.
+            self._vllm_awake = True
+            if clone and vllm_config is not None and vllm_config.sleep_mode:
+                self.llm = None
+            else:
+                self._configure_vllm()
+
+    # ---- mutations ----
+    def _after_mutation(self) -> None:
+        """Mutation hook: keep mutated knobs valid; micro-batches follow a mutated ``batch_size``; AgileRL's
+        next mutation starts from the agent's own value."""
+        self.num_generations = max(1, int(self.num_generations))
+        self.batch_size = max(1, int(self.batch_size))
+        self.temperature = max(float(self.temperature), 1e-3)
+        self.kl_coef = max(float(self.kl_coef), 0.0)
+        if self.selection_top_fraction is not None:
+            self.selection_top_fraction = min(max(float(self.selection_top_fraction), 1e-3), 1.0)
+        if self._micro_follows_batch:
+            self.batch_size_per_process = self.micro_batch_size_per_gpu = self.mini_batch_size = self.batch_size
+        for name in self.registry.hp_config or ():
+            # AgileRL mutates from the value it stored last; start the next mutation from the agent's own.
+            self.registry.hp_config[name].value = getattr(self, name)
+
+    # ---- attributes AgileRL's vLLM path reads, derived from ours (read-only: never persisted) ----
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The tokenizer used by :meth:`generate`."""
+        return self._tokenizer
+
+    @property
+    def max_output_tokens(self) -> int:
+        """AgileRL's name for :attr:`max_new_tokens`."""
+        return self.max_new_tokens
+
+    @property
+    def min_output_tokens(self) -> None:
+        """No minimum completion length."""
+        return None
+
+    @property
+    def repetition_penalty(self) -> float:
+        """No repetition penalty."""
+        return 1.0
+
+    @property
+    def min_p(self) -> float:
+        """No min-p filtering."""
+        return 0.0
+
+    # ---- generation ----
+    def generate(self, prompts: list[str | list[Message]], num_generations: int | None = None) -> list[list[str]]:
+        """Sample ``num_generations`` (default :attr:`num_generations`) completions for each prompt.
+
+        :param prompts: user prompts (strings) or chats (lists of messages) to answer
+        :type prompts: list[str | list[dict]]
+        :param num_generations: K, defaults to None (the attribute)
+        :type num_generations: int, optional
+        :return: ``completions[i][k]``, the k-th completion of prompt i
+        :rtype: list[list[str]]
+        """
+        return self.sample(prompts, num_generations).texts
+
+    def sample(
+        self,
+        prompts: list[str | list[Message]],
+        num_generations: int | None = None,
+        greedy: bool = False,
+        temperature: float | None = None,
+        tools: list[list[dict] | None] | None = None,
+    ) -> Generations:
+        """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each.
+
+        ``temperature`` overrides :attr:`temperature` for this call (evaluation samples every agent alike).
+        ``tools`` gives, per prompt, the tool schemas a chat template that supports tools renders (see
+        :mod:`agilerl_selfsft.generation.agents`), defaults to None (none).
+        """
+        temperature = self.temperature if temperature is None else temperature
+        if self._tokenizer is None:
+            raise ValueError("SelfSFT needs a tokenizer to generate: pass tokenizer=... to the constructor")
+        k = 1 if greedy else (num_generations or self.num_generations)
+        chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        tools = tools if tools is not None else [None] * len(chats)
+        texts = [render_prompt(self._tokenizer, chat, t) for chat, t in zip(chats, tools, strict=True)]
+        stop_ids = turn_end_token_ids(self._tokenizer)
+        with self.select_adapter("actor"):
+            if self.use_vllm:
+                return self._sample_vllm(texts, k, greedy, stop_ids, temperature)
+            self.actor.eval()
+            sampling = Sampling(
+                max_new_tokens=self.max_new_tokens,
+                stop_token_ids=stop_ids,
+                temperature=temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                greedy=greedy,
+            )
+            return decode.sample(
+                self.actor, self._tokenizer, texts, k, sampling, max_batch_rows=self.generation_batch_size
+            )
+
+    def _sample_vllm(  # pragma: no cover - GPU + vllm only
+        self, texts: list[str], k: int, greedy: bool, stop_ids: list[int], temperature: float
+    ) -> Generations:
+        import time
+
+        start = time.perf_counter()
+        prompts = [
+            {"input_ids": self._tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"], "text": t}
+            for t in texts
+        ]
+        self._prepare_vllm_for_generation()
+        completion_ids, _, _ = self._generate_with_vllm_colocate(
+            prompts, k, temperature=0.0 if greedy else temperature
+        )
+        self._prepare_vllm_for_training()
+        out = Generations(texts=[[] for _ in texts], finished=[[] for _ in texts])
+        for i, group in enumerate(completion_ids):  # [k, prompt + completion], completions padded
+            new = group[:, prompts[i]["input_ids"].shape[1] :].tolist()
+            for row in new:
+                stop = next((j for j, t in enumerate(row) if t in stop_ids), None)
+                kept = row[: stop + 1] if stop is not None else [t for t in row if t != self.pad_token_id]
+                out.texts[i].append(self._tokenizer.decode(kept, skip_special_tokens=True).strip())
+                out.finished[i].append(stop is not None)
+                out.num_tokens += len(kept)
+        out.seconds = time.perf_counter() - start
+        return out

@@ -1,0 +1,44 @@
+"""A bounded memory of past winners, replayed next to each iteration's new samples.
+
+Replay keeps what earlier iterations learned in the training mix (a guard against forgetting when the new
+winners are few); the capacity bounds memory and staleness — the oldest winners leave first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from agilerl_selfsft.samples import Scored
+
+
+class ReplayBuffer:
+    """Past selected samples, oldest first, at most ``capacity`` of them.
+
+    :param capacity: how many past winners to remember, defaults to 0 (no replay)
+    :type capacity: int, optional
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        if capacity < 0:
+            raise ValueError(f"replay capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.samples: deque[Scored] = deque(maxlen=capacity or None)
+
+    def __len__(self) -> int:
+        return len(self.samples) if self.capacity else 0
+
+    def add(self, samples: list[Scored]) -> None:
+        """Remember new winners (no-op when capacity is 0)."""
+        if self.capacity:
+            self.samples.extend(samples)
+
+    def draw(self, n: int, exclude: list[Scored], rng: np.random.Generator) -> list[Scored]:
+        """Up to ``n`` remembered samples, uniformly, skipping any whose (prompt, completion) is in ``exclude``."""
+        if not self.capacity or n <= 0:
+            return []
+        taken = {(s.prompt_id, s.completion) for s in exclude}
+        pool = [s for s in self.samples if (s.prompt_id, s.completion) not in taken]
+        picks = rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []
+        return [pool[i] for i in sorted(picks)]

@@ -1,0 +1,355 @@
+"""Sampling K completions per prompt on the Hugging Face path: a batched decode loop over the model's KV cache.
+
+``generate`` in transformers treats every row alike: each of the K copies of a prompt is prefilled separately,
+finished rows keep computing padding until the longest row ends, and a batch ends only when its last row does.
+Self-training calls it with many rows that share most of their prompt tokens (the K copies of one prompt; the
+chat template's system turn shared by all prompts) and whose completions end at very different lengths. So this
+loop, step by step:
+
+1. prefills the prompt tokens common to every prompt once (batch 1) and copies that cache to each group of
+   prompts it admits (``Cache.batch_repeat_interleave``);
+2. prefills each admitted prompt's remaining tokens once (left-padded between the shared prefix and the
+   suffix, with the attention mask and position ids saying so), computing logits for the last position only;
+3. copies each prompt's cache K times, and decodes one token per step for all live rows;
+4. drops every row that has emitted a stop token from the batch and the cache (``Cache.batch_select_indices``),
+   so the remaining steps compute only live rows;
+5. refills the freed rows with waiting prompts (continuous batching): their caches are left-padded to the
+   running cache's length (or the running cache to theirs) and joined along the batch, so up to
+   ``max_batch_rows`` rows stay live until the prompts run out.
+
+With a PEFT model, every LoRA adapter is folded into a copy of its base weight for the call (``W + B·A``, kept
+in a parameter dict and passed with ``torch.func.functional_call``), so each step runs one matmul per linear
+layer instead of three; the model itself, and a base shared by a population, are never modified.
+
+Sampling uses transformers' own logits warpers (temperature, top-k, top-p) and ``torch.multinomial``, so it
+follows ``torch.manual_seed``; greedy takes the arg-max. Rows are returned in prompt order.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import DynamicLayer
+
+from agilerl_selfsft.samples import Generations
+
+
+@dataclass
+class Sampling:
+    """How to pick each next token.
+
+    :param max_new_tokens: most tokens per completion
+    :param stop_token_ids: a row ends after emitting one of these
+    :param temperature: softmax temperature; 0 or ``greedy`` takes the arg-max, defaults to 1.0
+    :param top_p: nucleus filter, 1.0 = off, defaults to 1.0
+    :param top_k: keep the k most likely tokens, 0 = off, defaults to 0
+    :param greedy: arg-max decoding, defaults to False
+    """
+
+    max_new_tokens: int
+    stop_token_ids: list[int]
+    temperature: float = 1.0
+    top_p: float | None = 1.0
+    top_k: int | None = 0
+    greedy: bool = False
+
+    def warpers(self) -> LogitsProcessorList:
+        """transformers' warpers for these settings (empty for greedy decoding)."""
+        warpers = LogitsProcessorList()
+        if self.is_greedy:
+            return warpers
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k:
+            warpers.append(TopKLogitsWarper(self.top_k))
+        if self.top_p is not None and self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(self.top_p))
+        return warpers
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature <= 0
+
+    def choose(self, logits: torch.Tensor, warpers: LogitsProcessorList) -> torch.Tensor:
+        """One token per row: the arg-max, or a draw from the warped softmax."""
+        if self.is_greedy:
+            return logits.argmax(dim=-1)
+        return torch.multinomial(torch.softmax(warpers(None, logits.float()), dim=-1), 1).squeeze(1)
+
+
+def sample(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_texts: list[str],
+    num_generations: int,
+    sampling: Sampling,
+    max_batch_rows: int = 128,
+    share_prompts: bool = True,
+    drop_finished: bool = True,
+    refill: bool = True,
+    merge_lora: bool = True,
+) -> Generations:
+    """Sample ``num_generations`` completions for each rendered prompt, at most ``max_batch_rows`` rows at a time.
+
+    Prompts are admitted shortest first, K rows each (one prompt at least, even when K > ``max_batch_rows``).
+
+    :param model: a causal LM (a PEFT model with the wanted adapter active is fine), in eval mode
+    :param tokenizer: its tokenizer
+    :param prompt_texts: prompts already rendered with the chat template
+    :param num_generations: K, completions per prompt
+    :param sampling: the decoding settings
+    :param max_batch_rows: most rows (prompts × K) decoded together, defaults to 128
+    :param share_prompts: prefill shared prompt tokens once (steps 1–3 above); False prefills every row on its
+        own, like ``generate`` (for measuring what sharing buys), defaults to True
+    :param drop_finished: drop finished rows from the batch (step 4); False decodes them on to the end of
+        their batch, like ``generate``, defaults to True
+    :param refill: admit waiting prompts into freed rows (step 5); False starts the next batch only when the
+        last row of the current one has finished, defaults to True
+    :param merge_lora: fold LoRA adapters into a copy of the base weights for the call, defaults to True
+    :return: texts, finish flags and token ids in the order of ``prompt_texts``, plus counts and timing
+    """
+    start = time.perf_counter()
+    encoded = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("cannot sample for an empty prompt: every prompt needs at least one token")
+    order = sorted(range(len(prompt_texts)), key=lambda i: len(encoded[i]))
+    prompts, k = [encoded[i] for i in order], num_generations
+    if not share_prompts:  # every row its own prompt, nothing shared
+        prompts, k = [p for p in prompts for _ in range(num_generations)], 1
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = Generations(
+        texts=[[] for _ in prompt_texts], finished=[[] for _ in prompt_texts], token_ids=[[] for _ in prompt_texts]
+    )
+    with merged_lora(model, enabled=merge_lora) as forward:
+        loop = _Loop(forward, next(model.parameters()).device, sampling, pad_id, k, max(max_batch_rows, k))
+        rows = loop.run(prompts, share=share_prompts, drop_finished=drop_finished, refill=refill)
+    out.batch_rows = [n * k for n in loop.admitted]
+    out.peak_rows, out.computed_rows = loop.peak_rows, loop.computed_rows
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    for r, (ids, text) in enumerate(zip(rows, texts, strict=True)):
+        i = order[r // num_generations]
+        out.texts[i].append(text.strip())
+        out.token_ids[i].append(ids)
+        out.finished[i].append(bool(ids) and ids[-1] in sampling.stop_token_ids)
+        out.num_tokens += len(ids)
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+@contextmanager
+def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[Callable[..., object]]:
+    """A forward function of ``model`` with its active LoRA adapters folded into copies of the base weights.
+
+    The copies live only in this context; the model's parameters are never written. Plain ``lora.Linear``
+    layers without DoRA are folded, in a PEFT model or one wrapped in AgileRL's ``DummyEvolvable``; for any
+    other model (no PEFT, other adapter types, already merged, wrapped by an accelerator) the forward is the
+    model itself.
+    """
+    from agilerl.modules.dummy import DummyEvolvable
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    wrapper, model = model, (model.module if isinstance(model, DummyEvolvable) else model)
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)} if enabled else {}
+    params = dict(model.named_parameters()) if layers else {}
+    foldable = (
+        isinstance(model, PeftModel)
+        and layers
+        and all(type(m) is LoraLinear and not m.merged and not m.disable_adapters for m in layers.values())
+        and all(not any(m.use_dora.values()) for m in layers.values())
+        and all(f"{name}.base_layer.weight" in params for name in layers)
+    )
+    if not foldable:
+        yield wrapper
+        return
+    with torch.no_grad():
+        weights = {}
+        for name, m in layers.items():
+            adapters = [a for a in m.active_adapters if a in m.lora_A]
+            if adapters:
+                base = m.get_base_layer().weight
+                delta = sum(m.get_delta_weight(a) for a in adapters)
+                weights[f"{name}.base_layer.weight"] = base + delta.to(base.dtype)
+    with model.disable_adapter():
+        yield lambda **inputs: torch.func.functional_call(model, weights, args=(), kwargs=inputs)
+
+
+def _common_prefix_length(prompts: list[list[int]]) -> int:
+    """Tokens shared by the start of every prompt, leaving each prompt at least one token of its own."""
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
+
+
+@dataclass
+class _Rows:
+    """The live rows of the decode batch: their cache, next-token logits, masks, positions and bookkeeping."""
+
+    cache: object
+    logits: torch.Tensor
+    mask: torch.Tensor  # (rows, cache length): 1 where a cache column belongs to the row
+    position: torch.Tensor  # position id of each row's last token
+    live: torch.Tensor  # which output row each batch row is
+    count: torch.Tensor  # tokens generated so far per row
+    done: torch.Tensor  # rows that have ended (only kept in the batch when finished rows are not dropped)
+    joined: bool = False  # rows were admitted into a running batch, so leading cache columns may be padding
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows ``keep``, and cut cache columns that no kept row attends to."""
+        self.cache.batch_select_indices(keep)
+        for name in ("logits", "mask", "position", "live", "count", "done"):
+            setattr(self, name, getattr(self, name)[keep])
+        if not self.joined:  # no join padded the cache: nothing to cut, and no host sync spent finding out
+            return
+        first = int(self.mask.any(0).int().argmax())  # leading columns padded for rows that have left
+        if first and _plain_layers(self.cache):
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]
+
+    def join(self, other: _Rows) -> None:
+        """Append ``other``'s rows, left-padding the shorter cache (masked out) to the longer one's length."""
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
+            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
+        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
+        for name in ("logits", "position", "live", "count", "done"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        self.joined = True
+
+
+def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad a (…, seq[, dim]) tensor on the left of its sequence axis to ``length``."""
+    missing = length - (t.shape[-2] if t.dim() == 4 else t.shape[-1])
+    if missing == 0:
+        return t
+    return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
+
+
+def _plain_layers(cache: object) -> bool:
+    """Whether every cache layer is a plain growing ``DynamicLayer`` (which joining and trimming assume)."""
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
+class _Loop:
+    """The decode loop of :func:`sample` for one call: admit prompts, sample, drop finished rows, step."""
+
+    def __init__(self, forward: Callable[..., object], device: torch.device, sampling: Sampling, pad_id: int,
+                 k: int, capacity: int) -> None:
+        self.forward, self.device, self.sampling, self.pad_id = forward, device, sampling, pad_id
+        self.k, self.capacity = k, capacity
+        self.admitted: list[int] = []  # prompts admitted by each prefill
+        self.peak_rows = self.computed_rows = 0
+
+    @torch.inference_mode()
+    def run(self, prompts: list[list[int]], share: bool, drop_finished: bool, refill: bool) -> list[list[int]]:
+        """Every prompt's K completions (token ids, each ending at its stop token), in prompt order."""
+        sampling, k = self.sampling, self.k
+        prefix = None
+        shared = 0
+        if share:
+            shared = _common_prefix_length(prompts) if len(prompts) > 1 else len(prompts[0]) - 1
+        if shared:  # 1. the shared prefix, once
+            ids = torch.tensor([prompts[0][:shared]], device=self.device)
+            prefix = self.forward(input_ids=ids, use_cache=True).past_key_values
+        tokens = torch.full((len(prompts) * k, sampling.max_new_tokens), -1, dtype=torch.long, device=self.device)
+        stops = torch.tensor(sampling.stop_token_ids, device=self.device)
+        warpers = sampling.warpers()
+        pending = deque(range(len(prompts)))
+        rows: _Rows | None = None
+        while pending or rows is not None:
+            free = self.capacity - (0 if rows is None else len(rows.live))
+            if pending and (rows is None or (refill and free >= max(k, self.capacity // 8))):
+                take = [pending.popleft() for _ in range(min(len(pending), max(1, free // k)))]
+                new = self._prefill([prompts[i] for i in take], take, prefix, shared)  # 2.-3.
+                self.admitted.append(len(take))
+                if rows is None:
+                    rows = new
+                    refill = refill and _plain_layers(rows.cache)  # other cache types cannot be joined
+                else:
+                    rows.join(new)  # 5.
+            self.peak_rows = max(self.peak_rows, len(rows.live))
+            self.computed_rows += len(rows.live)
+            chosen = sampling.choose(rows.logits, warpers)
+            tokens[rows.live, rows.count] = chosen
+            rows.count += 1
+            rows.done |= torch.isin(chosen, stops) | (rows.count >= sampling.max_new_tokens)
+            # finished rows leave at once, or (drop_finished=False) decode on until the whole batch has ended
+            ended = rows.done if drop_finished else rows.done.all().expand_as(rows.done)
+            n_ended = int(ended.sum())  # one host sync per step
+            if n_ended == len(rows.live):
+                rows = None
+                continue
+            if n_ended:  # 4.
+                keep = (~ended).nonzero().squeeze(1)
+                rows.select(keep)
+                chosen = chosen[keep]
+            rows.logits = self._step(rows, chosen)
+        out = []
+        for row in tokens.tolist():
+            row = [t for t in row if t >= 0]
+            end = next((j for j, t in enumerate(row) if t in sampling.stop_token_ids), None)
+            out.append(row if end is None else row[: end + 1])
+        return out
+
+    def _prefill(self, prompts: list[list[int]], indices: list[int], prefix: object, shared: int) -> _Rows:
+        """Admit prompts: prefill each one's own tokens once after the shared prefix, then copy it to K rows."""
+        n, k = len(prompts), self.k
+        cache = None
+        if shared:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(n)
+        # [prefix][left padding][suffix]
+        suffixes = [p[shared:] for p in prompts]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, s in enumerate(suffixes):
+            ids[i, width - len(s) :] = torch.tensor(s)
+            mask[i, shared + width - len(s) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = self.forward(
+            input_ids=ids, attention_mask=mask, position_ids=positions[:, shared:], past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        )
+        out.past_key_values.batch_repeat_interleave(k)
+        live = (torch.tensor(indices, device=self.device)[:, None] * k + torch.arange(k, device=self.device)).flatten()
+        return _Rows(
+            cache=out.past_key_values,
+            logits=out.logits[:, -1].repeat_interleave(k, dim=0),
+            mask=mask.repeat_interleave(k, dim=0),
+            position=positions[:, -1].repeat_interleave(k, dim=0),
+            live=live,
+            count=torch.zeros(n * k, dtype=torch.long, device=self.device),
+            done=torch.zeros(n * k, dtype=torch.bool, device=self.device),
+        )
+
+    def _step(self, rows: _Rows, chosen: torch.Tensor) -> torch.Tensor:
+        """Feed each live row its newest token; the next-token logits of every row."""
+        rows.mask = torch.cat([rows.mask, rows.mask.new_ones((len(rows.live), 1))], dim=1)
+        rows.position = rows.position + 1
+        return self.forward(
+            input_ids=chosen[:, None], attention_mask=rows.mask, position_ids=rows.position[:, None],
+            past_key_values=rows.cache, use_cache=True,
+        ).logits[:, -1]

@@ -1,0 +1,329 @@
+"""The self-improvement loop: prompts → generate → score → select → buffer → learn → evaluate → evolve.
+
+:func:`finetune_llm_selfsft` reads top to bottom as the stages of one iteration; each stage is one function
+below it, in the same order. The stages' work is done elsewhere: generation and scoring in
+:mod:`agilerl_selfsft.generation.collect`, selection and the buffer in :class:`~agilerl_selfsft.env.gym.SelfSFTGym`,
+learning in :class:`~agilerl_selfsft.algorithm.selfsft.SelfSFT`, evaluation in
+:mod:`agilerl_selfsft.training.evaluation`, evolution in AgileRL, checkpoints and run state in
+:mod:`agilerl_selfsft.training.checkpoints`, the metrics log in :mod:`agilerl_selfsft.training.report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agilerl_selfsft.algorithm.selfsft import SelfSFT
+from agilerl_selfsft.distributed import DataParallel, check_launch
+from agilerl_selfsft.env.gym import SelfSFTGym
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.generation.collect import sample_scored
+from agilerl_selfsft.samples import Generations, Scored, Task
+from agilerl_selfsft.training.checkpoints import restore, save_iteration, write_state
+from agilerl_selfsft.training.evaluation import evaluate, info_means
+from agilerl_selfsft.training.faults import crash_point
+from agilerl_selfsft.training.report import RunLog, open_wandb, read_metrics
+
+log = logging.getLogger("agilerl_selfsft")
+EMPTY_HINT = "lower selection.threshold, raise num_generations or temperature, or check the reward"
+
+
+def finetune_llm_selfsft(
+    pop: list[SelfSFT],
+    env: SelfSFTGym,
+    init_hp: dict[str, Any] | None = None,
+    iterations: int = 6,
+    prompts_per_iteration: int = 64,
+    sft_epochs: int = 2,
+    eval_samples: int = 4,
+    eval_greedy: bool = True,
+    evo_steps: int = 1,
+    tournament: Any | None = None,
+    mutation: Any | None = None,
+    save_elite: bool = True,
+    checkpoint_path: str | Path | None = None,
+    keep_checkpoints: int = 3,
+    wb: bool = False,
+    wandb_api_key: str | None = None,
+    seed: int = 42,
+    verbose: bool = True,
+    resume: bool = False,
+    stop_after_empty: int | None = None,
+    eval_temperature: float | None = None,
+    accelerator: Any | None = None,
+    on_scored: Callable[[int, SelfSFT, list[Scored]], None] | None = None,
+) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
+    """Self-train a population of :class:`SelfSFT` agents on their own best samples.
+
+    Each iteration, for every agent: sample K completions for ``prompts_per_iteration`` train prompts,
+    score them, select the best into the environment's buffer (with replayed past winners and, when the
+    environment has static data, that iteration's share of static conversations), train ``sft_epochs``
+    passes over it (metrics ``learned_static`` and ``learned_self`` count the rows learned from), and
+    evaluate on the held-out prompts (the fitness). Then, every ``evo_steps`` iterations, the population is
+    evolved with ``tournament`` and ``mutation``, and the best agent is checkpointed.
+
+    Every agent trains on its own data: all agents see the same prompts, but each samples, selects, replays
+    and learns from its own completions, at its own (mutable) K, temperature, selection threshold /
+    top fraction, batch size, lr and KL coefficient. Fitness is the held-out reward, sampled at one
+    ``eval_temperature`` for all agents, so a mutated sampling temperature cannot buy fitness.
+
+    Iteration 0 is the starting policy, evaluated before any training. Each stage of an iteration is one
+    function of this module, called in the loop's order: :func:`_generate` (1–2), :func:`_select` (3),
+    :func:`_learn` (4), :func:`_evaluate` (5), :func:`_evolve` (6), then the checkpoint (7).
+
+    With an agent on ``env`` (:mod:`agilerl_selfsft.generation.agents`), each sample is a multi-turn conversation of
+    the agent with the policy (the turns of all conversations batched into one generate call), its reward
+    the agent's; training learns every reply the policy generated in the selected trajectories. Info values
+    the agent returns are reported as ``train_<key>`` and ``eval_<key>`` means.
+
+    :param pop: the agents (all share ``env``; each trains on its own samples)
+    :param env: prompts, reward, selection and the training buffer
+    :param init_hp: AgileRL-style hyperparameters, recorded with the run, defaults to None
+    :param iterations: self-training iterations, defaults to 6
+    :param prompts_per_iteration: train prompts sampled per iteration, defaults to 64
+    :param sft_epochs: passes over the selected samples per iteration, defaults to 2
+    :param eval_samples: held-out completions per prompt for ``eval_reward``, defaults to 4
+    :param eval_greedy: also report greedy held-out reward, defaults to True
+    :param evo_steps: iterations between evolutions, defaults to 1
+    :param tournament: AgileRL ``TournamentSelection``, defaults to None (no evolution)
+    :param mutation: AgileRL ``Mutations``, defaults to None
+    :param save_elite: checkpoint the best agent every iteration (needs ``checkpoint_path``), defaults to True
+    :param checkpoint_path: the run directory: ``metrics.jsonl`` and ``checkpoints/`` go there, defaults
+        to None (nothing written)
+    :param keep_checkpoints: iterations whose checkpoints are kept, defaults to 3
+    :param wb: log to Weights & Biases, defaults to False
+    :param wandb_api_key: key for ``wandb.login``, defaults to None
+    :param seed: seeds generation each iteration (``seed + iteration``), defaults to 42
+    :param verbose: stage logs and progress bars, defaults to True
+    :param stop_after_empty: stop with a :class:`SelfSFTError` when no sample passes the selection for
+        this many iterations in a row (finished iterations stay checkpointed), defaults to None (keep going)
+    :param eval_temperature: temperature of the held-out samples (the fitness), defaults to None (the first
+        agent's temperature at the start)
+    :param resume: continue the run in ``checkpoint_path`` from its last complete iteration (adapters,
+        optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
+        The result equals that of an uninterrupted run with the same seed. Defaults to False
+    :param accelerator: the accelerate ``Accelerator`` (DeepSpeed plugin) the agents were built with, for a
+        multi-process launch (see the README, "Several GPUs": prompts are sharded over processes and the results
+        gathered, every process ends with the same adapters and metrics), defaults to None (the agents' own)
+    :param on_scored: called as ``on_scored(iteration, agent, scored)`` with every scored completion of an
+        agent's iteration, before selection (e.g. :func:`agilerl_selfsft.export.pairs.pair_writer` keeps
+        them as DPO pairs); on the main process only, defaults to None
+    :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
+    """
+    _check_population(pop, tournament, mutation)
+    eval_temperature = eval_temperature or pop[0].temperature
+    dp = check_launch(pop, accelerator if accelerator is not None else pop[0].accelerator)
+    verbose = verbose and dp.is_main
+    if dp.enabled and getattr(env, "accelerator", None) is None:
+        env.accelerator = dp.accelerator  # each process trains on its slice of every batch
+    run_dir = Path(checkpoint_path) if checkpoint_path is not None else None
+    done, history = _resume(run_dir, env, pop, mutation, verbose) if resume else (-1, [])
+    metrics = RunLog(run_dir, history, dp, open_wandb(wandb_api_key, init_hp) if wb and dp.is_main else None)
+    evaluate_on = dict(num_samples=eval_samples, greedy=eval_greedy, temperature=eval_temperature)
+
+    if done < 0:  # iteration 0: the starting policy
+        tag = f"[SelfSFT 0/{iterations}]"
+        torch.manual_seed(dp.rank_seed(seed))
+        base = _evaluate(pop[0], env, evaluate_on, f"{tag} [Stage 5]", "the base policy ", verbose)
+        for agent in pop:
+            agent.metrics.add_fitness(base["eval_reward"])
+        metrics.record({"iteration": 0, **_clean(base), "train_reward": None, "kept": 0,
+                        "population": [_hp(a) for a in pop]})
+
+    empty_streak = 0
+    for iteration in range(max(done, 0) + 1, iterations + 1):
+        tag = f"[SelfSFT {iteration}/{iterations}]"
+        tasks = env.sample_prompts(prompts_per_iteration)  # every agent answers the same prompts
+        members = []
+        for agent in pop:
+            torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
+            who = tag + (f" [agent {agent.index}]" if len(pop) > 1 else "")
+            scored, generations = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
+            if on_scored is not None and dp.is_main:
+                on_scored(iteration, agent, scored)
+            stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
+            learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose)  # 4.
+            evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
+            agent.metrics.add_fitness(evaluation["eval_reward"])
+            members.append(_member_row(agent, scored, generations, stats, learned, evaluation))
+        empty_streak = empty_streak + 1 if all(m["kept"] == 0 for m in members) else 0
+        if empty_streak > 1:
+            log.warning("%s Nothing passed the selection for %d iterations in a row: %s.",
+                        tag, empty_streak, EMPTY_HINT)
+        best = int(np.argmax([m["eval_reward"] for m in members]))
+        row = {"iteration": iteration, **{k: v for k, v in members[best].items() if k not in _hp(pop[best])},
+               "population": members}
+        elite = pop[best]
+        metrics.record(row)  # before the checkpoint: a resume drops rows newer than its checkpoint, never misses one
+        if tournament is not None and mutation is not None and iteration % evo_steps == 0 and iteration < iterations:
+            elite, pop = _evolve(pop, env, tournament, mutation, tag, verbose)  # 6. (before the checkpoint)
+        if save_elite and run_dir is not None:  # 7. the elite, with the run state
+            path = save_iteration(elite, run_dir, iteration, keep_checkpoints, info={"eval_reward": row["eval_reward"]},
+                                  extra=lambda folder: write_state(folder, iteration, env, pop, mutation))
+            _info(verbose, "%s [Stage 7] Checkpoint saved: %s", tag, path)
+        if stop_after_empty is not None and empty_streak >= stop_after_empty:  # after this iteration is kept
+            raise SelfSFTError(f"nothing passed the selection for {empty_streak} iterations in a row "
+                               f"(iterations {iteration - empty_streak + 1}-{iteration}); {EMPTY_HINT}")
+    metrics.close()
+    return pop, metrics.history
+
+
+# ---- the stages, in the loop's order ----
+def _resume(
+    run_dir: Path | None, env: SelfSFTGym, pop: list[SelfSFT], mutation: Any, verbose: bool
+) -> tuple[int, list[dict[str, Any]]]:
+    """The last complete iteration in ``run_dir`` (agents, env and random state restored) and its metrics rows;
+    ``(-1, [])`` when there is none."""
+    latest = run_dir / "checkpoints" / "latest" if run_dir is not None else None
+    if latest is None or not latest.exists():
+        return -1, []
+    done = restore(latest.resolve(), env, pop, mutation)
+    _info(verbose, "[SelfSFT] Resuming after iteration %d from %s", done, latest.resolve())
+    return done, [row for row in read_metrics(run_dir) if row["iteration"] <= done]
+
+
+def _generate(
+    agent: SelfSFT, env: SelfSFTGym, tasks: list[Task], iteration: int, who: str, verbose: bool
+) -> tuple[list[Scored], Generations]:
+    """1-2. Sample K completions (with an agent: K multi-turn conversations) per prompt and score them."""
+    what = "agent conversations" if getattr(env, "agent", None) is not None else "completions"
+    _info(verbose, "%s [Stage 1] Sampling %d %s for each of %d prompts (T=%.2f)...",
+          who, agent.num_generations, what, len(tasks), agent.temperature)
+    scored, generations = sample_scored(agent, env, tasks)  # each process its share, gathered
+    crash_point("generate", iteration)
+    _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens,
+          generations.seconds, generations.num_tokens / max(generations.seconds, 1e-9))
+    return scored, generations
+
+
+def _select(
+    agent: SelfSFT, env: SelfSFTGym, scored: list[Scored], iteration: int, who: str, verbose: bool
+) -> dict[str, float]:
+    """3. Select by reward, add replayed winners and this iteration's share of static data: the new buffer."""
+    static_fraction = env.static_fraction_at(iteration)
+    stats = env.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction, static_fraction)
+    _info(verbose, "%s [Stage 3] Train reward %.4f. Keeping %d example(s) after reward-based filtering "
+          "(%d prompts solved, %d replayed).", who, float(np.mean([s.reward for s in scored])), stats["kept"],
+          stats["prompts_solved"], stats["replayed"])
+    if env.static_data:
+        _info(verbose, "%s [Stage 3] Mixing in %d static conversation(s) (share %.2f).", who, stats["static"],
+              static_fraction)
+    return stats
+
+
+def _learn(
+    agent: SelfSFT, env: SelfSFTGym, stats: dict[str, float], sft_epochs: int, dp: DataParallel, iteration: int,
+    who: str, verbose: bool,
+) -> dict[str, Any]:
+    """4. ``sft_epochs`` passes over the buffer in the agent's batch size: the mean loss and KL, the steps
+    taken and the rows learned from by origin (over all processes)."""
+    learned: dict[str, Any] = {"loss": None, "kl": None, "steps": 0, "static": 0, "self": 0}
+    if stats["buffer"] == 0:
+        _info(verbose, "%s [Stage 4] Nothing passed the filter: skipping training this iteration.", who)
+        return learned
+    rows = agent.batch_size_per_process
+    batch = env.reset(batch_size=rows)  # from here on, batches of this agent's size
+    steps = sft_epochs * env.num_batches  # a batch: every process's rows
+    _info(verbose, "%s [Stage 4] Training on %d example(s): %d epoch(s), %d step(s) of batch %d.",
+          who, stats["buffer"], sft_epochs, steps, rows)
+    losses, kls = [], []
+    for _ in tqdm(range(steps), desc=f"{who} learn", leave=False, disable=not verbose):
+        out = agent.learn(batch)
+        crash_point("learn", iteration)
+        losses.append(out["loss"])
+        kls.append(out["kl"])
+        learned["static"] += batch["num_static"]
+        learned["self"] += batch["num_self"]
+        batch = env.step()
+    learned.update(loss=dp.mean(float(np.mean(losses))), kl=dp.mean(float(np.mean(kls))), steps=steps)
+    return learned
+
+
+def _evaluate(
+    agent: SelfSFT, env: SelfSFTGym, settings: dict[str, Any], tag: str, what: str, verbose: bool
+) -> dict[str, float]:
+    """5. The held-out reward: the agent's fitness (``what``, e.g. ``"the base policy "``, names it in the log)."""
+    _info(verbose, "%s Evaluating %son %d held-out prompts...", tag, what, len(env.eval_tasks))
+    result = evaluate(agent, env, **settings)
+    _info(verbose, "%s Evaluation completed. Average reward: %.4f (greedy %.4f)", tag, result["eval_reward"],
+          result["eval_reward_greedy"])
+    return result
+
+
+def _evolve(
+    pop: list[SelfSFT], env: SelfSFTGym, tournament: Any, mutation: Any, tag: str, verbose: bool
+) -> tuple[SelfSFT, list[SelfSFT]]:
+    """6. AgileRL's tournament and mutations; each new member keeps its parent's replay memory."""
+    elite, pop, _ = tournament.select(pop)  # agilerl 2.10: (elite, population, _)
+    pop = mutation.mutation(pop)
+    env.inherit_replays({a.index: a._cloned_from for a in pop})
+    _info(verbose, "%s [Stage 6] Evolved: %s", tag,
+          ", ".join(f"agent {a.index} <- {a._cloned_from} ({a.mut})" for a in pop))
+    return elite, pop
+
+
+# ---- rows and checks ----
+def _member_row(
+    agent: SelfSFT, scored: list[Scored], generations: Generations, stats: dict[str, float],
+    learned: dict[str, Any], evaluation: dict[str, float],
+) -> dict[str, Any]:
+    """One agent's part of the iteration's metrics row."""
+    return {
+        **_hp(agent), **_clean(evaluation), "train_reward": float(np.mean([s.reward for s in scored])),
+        **{f"train_{key}": value for key, value in info_means(scored).items()}, **stats,
+        "loss": learned["loss"], "kl": learned["kl"], "learn_steps": learned["steps"],
+        "learned_static": learned["static"], "learned_self": learned["self"],
+        "gen_tokens": generations.num_tokens, "gen_seconds": round(generations.seconds, 2),
+    }
+
+
+def _hp(agent: SelfSFT) -> dict[str, Any]:
+    return {
+        "agent": agent.index, "parent": getattr(agent, "_cloned_from", None), "mutation": getattr(agent, "mut", None),
+        "lr": agent.lr, "temperature": agent.temperature, "num_generations": agent.num_generations,
+        "kl_coef": agent.kl_coef, "batch_size": agent.batch_size,
+        "selection_threshold": agent.selection_threshold, "selection_top_fraction": agent.selection_top_fraction,
+    }
+
+
+def _check_population(pop: list[SelfSFT], tournament: Any, mutation: Any) -> None:
+    """Reject, before any work, a population or evolution setup that AgileRL would fail on later."""
+    if not pop:
+        raise SelfSFTError("the population is empty: pass at least one SelfSFT agent")
+    if len({a.index for a in pop}) != len(pop):
+        raise SelfSFTError(f"agents must have distinct indices, got {[a.index for a in pop]}")
+    if (tournament is None) != (mutation is None):
+        raise SelfSFTError("evolution needs both tournament and mutation (or neither)")
+    if tournament is None:
+        return
+    if not tournament.elitism:
+        raise SelfSFTError("TournamentSelection(elitism=False) is not supported for LLM populations: use elitism=True")
+    if tournament.population_size != len(pop):
+        raise SelfSFTError(f"TournamentSelection has population_size={tournament.population_size} but the population "
+                           f"has {len(pop)} agents")
+    probabilities = {"architecture": mutation.architecture_mut, "parameters": mutation.parameters_mut,
+                     "activation": mutation.activation_mut}
+    bad = {name: p for name, p in probabilities.items() if p}
+    if bad:
+        settings = ", ".join(f"{k}=0 (got {v})" for k, v in bad.items())
+        raise SelfSFTError(f"LLM agents only take rl_hp mutations: set {settings} in Mutations")
+    if mutation.rl_hp_mut and not any(a.registry.hp_config for a in pop):
+        raise SelfSFTError(
+            "Mutations(rl_hp>0) needs an hp_config on the agents naming what to mutate (e.g. lr, temperature)"
+        )
+
+
+def _clean(d: dict[str, float]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def _info(verbose: bool, msg: str, *args: Any) -> None:
+    if verbose:
+        log.info(msg, *args)

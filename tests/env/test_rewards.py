@@ -1,0 +1,254 @@
+"""Built-in rewards, weighted reward specs, resolving names, and strict checking of returned values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.env.rewards import (
+    BUILTINS,
+    DEFAULT_FORMAT,
+    contains,
+    exact_match,
+    first_number,
+    format_regex,
+    resolve_reward,
+    score,
+)
+
+
+def _one(fn, completion, answer):
+    return fn(["q"], [completion], answer=[answer])[0]
+
+
+# ---- built-ins ----
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("Paris", "Paris", 1.0),
+        ("  paris.  ", "Paris", 1.0),  # trimmed, case-folded, end punctuation dropped
+        ("PARIS!", "paris", 1.0),
+        ("Brasilia", "Brasília", 1.0),  # accents ignored
+        ("The capital is Paris", "Paris", 0.0),  # exact, not contains
+        ("Pariss", "Paris", 0.0),
+        ("Tirane", ["Tirana", "Tirane"], 1.0),  # a list of accepted answers
+        ("Durres", ["Tirana", "Tirane"], 0.0),
+    ],
+)
+def test_exact_match(completion, answer, expected):
+    assert _one(exact_match, completion, answer) == expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("The capital of France is Paris.", "Paris", 1.0),
+        ("It is Parisian food.", "Paris", 0.0),  # word boundaries: no match inside a word
+        ("Le Paris-Saint-Germain", "Paris", 1.0),  # a hyphen is a boundary
+        ("the capital is brasilia", "Brasília", 1.0),  # case- and accent-insensitive
+        ("The capital is Brasília", "brasilia", 1.0),
+        ("I think it is BERLIN", "Berlin", 1.0),
+        ("Answer: Tirane", ["Tirana", "Tirane"], 1.0),
+        ("Answer: Tiranes", ["Tirana", "Tirane"], 0.0),
+        ("New  York city", "New York", 1.0),  # whitespace runs are normalised
+        ("", "Paris", 0.0),
+    ],
+)
+def test_contains(completion, answer, expected):
+    assert _one(contains, completion, answer) == expected
+
+
+def test_contains_escapes_regex_characters_in_answers():
+    assert _one(contains, "the result is 3.5 exactly", "3.5") == 1.0
+    assert _one(contains, "the result is 395 exactly", "3.5") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("The answer is 1,000 apples", 1000, 1.0),
+        ("The answer is 1000", "1,000", 1.0),
+        ("3.0", 3, 1.0),
+        ("-7 degrees", -7, 1.0),
+        ("It is 3, or maybe 4", 4, 0.0),  # only the first number counts
+        ("It is 3, or maybe 4", 3, 1.0),
+        ("no number here", 5, 0.0),
+        ("42", [41, 42], 1.0),
+        ("42", "not a number", 0.0),  # a non-numeric answer never matches (no crash)
+    ],
+)
+def test_first_number(completion, answer, expected):
+    assert _one(first_number, completion, answer) == expected
+
+
+def test_format_regex_needs_a_full_match_of_the_stripped_completion():
+    fn = format_regex(r"\d+")
+    assert fn(["q"] * 4, ["42", "  42\n", "42 apples", "x42"]) == [1.0, 1.0, 0.0, 0.0]
+    # DOTALL: "." spans lines
+    multi = format_regex(r"<a>.*</a>")
+    assert multi(["q"], ["<a>line 1\nline 2</a>"]) == [1.0]
+
+
+def test_default_format_is_one_short_line():
+    (reward,) = resolve_reward("format")
+    got = reward.fn(["q"] * 3, ["Paris", "Paris\nand more", "x" * 81])
+    assert got == [1.0, 0.0, 0.0]
+    assert DEFAULT_FORMAT
+
+
+def test_builtins_accept_unknown_columns():
+    assert exact_match(["q"], ["Paris"], answer=["Paris"], difficulty=["easy"]) == [1.0]
+
+
+# ---- resolving specs and weights ----
+def test_resolve_builtin_names_and_callables():
+    def mine(prompts, completions, **kwargs):
+        return [0.0 for _ in completions]
+
+    for name in ("exact_match", "contains", "first_number"):
+        (r,) = resolve_reward(name)
+        assert r.fn is BUILTINS[name] and r.weight == 1.0 and r.name == name
+    (r,) = resolve_reward(mine)
+    assert r.fn is mine and r.name == "mine"
+
+
+def test_resolve_module_function_path():
+    (r,) = resolve_reward("agilerl_selfsft.env.rewards:contains")
+    assert r.fn is contains
+
+
+def test_resolve_format_with_pattern():
+    (r,) = resolve_reward({"name": "format", "pattern": r"[A-Z][a-z]+"})
+    assert r.fn(["q", "q"], ["Paris", "paris"]) == [1.0, 0.0]
+
+
+def test_weighted_list_sums_weighted_rewards():
+    rewards = resolve_reward([{"name": "contains", "weight": 0.5}, "exact_match", {"name": "format", "weight": 2}])
+    assert [r.weight for r in rewards] == [0.5, 1.0, 2.0]
+    completions = ["Paris", "The capital is Paris", "Lyon\nor Paris"]
+    totals = score(rewards, ["q"] * 3, completions, {"answer": ["Paris"] * 3})
+    # contains/exact/format(one line):  1/1/1 -> 3.5;  1/0/1 -> 2.5;  1/0/0 -> 0.5
+    assert totals == pytest.approx([3.5, 2.5, 0.5])
+
+
+def test_resolve_unknown_name_lists_the_builtins():
+    with pytest.raises(SelfSFTError) as info:
+        resolve_reward("exact_mach")
+    message = str(info.value)
+    assert "exact_mach" in message
+    for name in BUILTINS:
+        assert name in message
+
+
+def test_resolve_module_that_does_not_import():
+    with pytest.raises(SelfSFTError, match="does not import") as info:
+        resolve_reward("nonexistent_mod:fn")
+    assert "nonexistent_mod" in str(info.value)
+
+
+def test_resolve_module_without_the_function():
+    with pytest.raises(SelfSFTError, match="no function") as info:
+        resolve_reward("json:nope")
+    assert "nope" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [[], 3, {"weight": 2}, {"name": "contains", "scale": 2}, {"name": "contains", "weight": "high"},
+     {"name": "contains", "weight": float("nan")}, {"name": "contains", "weight": True}],
+)
+def test_resolve_rejects_malformed_specs(spec):
+    with pytest.raises(SelfSFTError):
+        resolve_reward(spec)
+
+
+# ---- strict checking of returned values ----
+def _score_with(fn, n=4):
+    return score(resolve_reward(fn), ["q"] * n, ["c"] * n, {"answer": ["a"] * n})
+
+
+def test_score_reports_a_reward_that_raises():
+    def broken_reward(prompts, completions, **kwargs):
+        raise KeyError("missing column")
+
+    with pytest.raises(SelfSFTError) as info:
+        _score_with(broken_reward)
+    assert "broken_reward" in str(info.value)
+    assert "KeyError" in str(info.value)
+
+
+def test_score_reports_wrong_length():
+    def short_reward(prompts, completions, **kwargs):
+        return [1.0] * (len(completions) - 1)
+
+    with pytest.raises(SelfSFTError, match="short_reward.*3 values for 4 completions"):
+        _score_with(short_reward)
+
+
+def test_score_reports_nan_with_its_index():
+    def nan_reward(prompts, completions, **kwargs):
+        return [0.0, 1.0, math.nan, 0.0]
+
+    with pytest.raises(SelfSFTError) as info:
+        _score_with(nan_reward)
+    message = str(info.value)
+    assert "nan_reward" in message and "index 2" in message and "nan" in message
+
+
+def test_score_reports_inf():
+    def inf_reward(prompts, completions, **kwargs):
+        return [0.0, float("inf"), 0.0, 0.0]
+
+    with pytest.raises(SelfSFTError, match=r"inf_reward.*inf.*index 1"):
+        _score_with(inf_reward)
+
+
+def test_score_reports_a_string_value():
+    def str_reward(prompts, completions, **kwargs):
+        return [0.0, 0.0, 0.0, "1.0"]
+
+    with pytest.raises(SelfSFTError, match=r"str_reward.*non-number at index 3"):
+        _score_with(str_reward)
+
+
+def test_score_rejects_bools():
+    def bool_reward(prompts, completions, **kwargs):
+        return [True, False, True, False]
+
+    with pytest.raises(SelfSFTError, match=r"bool_reward.*non-number at index 0"):
+        _score_with(bool_reward)
+
+
+def test_score_reports_a_non_list():
+    def none_reward(prompts, completions, **kwargs):
+        return None
+
+    with pytest.raises(SelfSFTError, match="none_reward"):
+        _score_with(none_reward)
+
+
+def test_score_accepts_ints_numpy_and_tuples():
+    import numpy as np
+
+    def np_reward(prompts, completions, **kwargs):
+        return np.array([1, 0, 1, 0], dtype=np.float32)
+
+    def tuple_reward(prompts, completions, **kwargs):
+        return (1, 2, 3, 4)
+
+    assert _score_with(np_reward) == [1.0, 0.0, 1.0, 0.0]
+    assert _score_with(tuple_reward) == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_score_passes_prompts_completions_and_columns():
+    seen = {}
+
+    def spy(prompts, completions, **columns):
+        seen.update(prompts=prompts, completions=completions, columns=columns)
+        return [0.0] * len(completions)
+
+    score(resolve_reward(spy), ["p1", "p2"], ["c1", "c2"], {"answer": ["a1", "a2"], "level": [1, 2]})
+    assert seen == {"prompts": ["p1", "p2"], "completions": ["c1", "c2"],
+                    "columns": {"answer": ["a1", "a2"], "level": [1, 2]}}
