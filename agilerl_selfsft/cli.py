@@ -30,7 +30,7 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     from agilerl_selfsft.data.tasks import drop_long_prompts, load_tasks
     from agilerl_selfsft.env.gym import SelfSFTGym
     from agilerl_selfsft.env.rewards import import_function, resolve_reward
-    from agilerl_selfsft.models import load_model, resolve_model_path
+    from agilerl_selfsft.models import load_model, resolve_device, resolve_model_path
 
     # Everything that can be wrong with the inputs is checked before the model is loaded.
     train, held_out = load_tasks(config.task.train, config.bad_rows), load_tasks(config.task.eval, config.bad_rows)
@@ -40,9 +40,10 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     reward = None if agent is not None else config.reward
     if reward is not None:
         resolve_reward(reward)
+    device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, tokenizer = load_model(resolve_model_path(config.model))
+    model, tokenizer = load_model(resolve_model_path(config.model), device=device)
     context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
     limit = config.max_prompt_tokens or context - config.max_new_tokens
     train, skipped_train = drop_long_prompts(train, tokenizer, limit, config.long_prompts, "train")
@@ -62,8 +63,8 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         num_generations=config.num_generations, temperature=config.temperature, top_p=config.top_p,
         max_new_tokens=config.max_new_tokens, kl_coef=config.kl_coef, seed=config.seed,
         selection_threshold=s.threshold, selection_top_fraction=s.top_fraction,
-        hp_config=_hp_config(config) if config.population > 1 else None,
-        gradient_checkpointing=torch.cuda.is_available(),  # on CPU it only costs time at these sizes
+        hp_config=_hp_config(config) if config.population > 1 else None, device=device,
+        gradient_checkpointing=device.type == "cuda",  # on CPU it only costs time at these sizes
     )
     env = SelfSFTGym(
         train, held_out, tokenizer, reward, agent=agent, data_batch_size_per_gpu=config.batch_size,
@@ -120,12 +121,13 @@ def train(
             f"output dir {out} holds another run; pass --resume to continue it or --overwrite to replace it"
         )
     if holds_run and resume and (out / "config.json").exists():
-        # A resumed run may be extended (iterations) or given other threads; anything else would mix runs.
+        # A resumed run may be extended (iterations) or given other threads or another device; anything else
+        # would mix runs.
         saved = json.loads((out / "config.json").read_text())
         # a key an older config.json lacks had its default then
         defaults = {k: f.default for k, f in Config.model_fields.items() if not f.is_required()}
         changed = sorted(k for k, v in config.model_dump(mode="json").items()
-                         if k not in ("iterations", "threads") and saved.get(k, defaults.get(k)) != v)
+                         if k not in ("iterations", "threads", "device") and saved.get(k, defaults.get(k)) != v)
         if changed:
             raise SelfSFTError(f"cannot resume {out}: {', '.join(changed)} differ from the run's config.json")
     pop, env = build(config)

@@ -7,15 +7,16 @@ the key (and, for a misspelling, the closest known key).
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.models import EMBEDDED_NAME
+from agilerl_selfsft.models import DEVICES, EMBEDDED_NAME
 
 
 class _Strict(BaseModel):
@@ -142,6 +143,14 @@ class Config(_Strict):
     bad_rows: Literal["stop", "skip"] = Field("stop", description="a malformed or unusable data row: stop, or skip it")
     seed: int = 42
     threads: int | None = Field(None, ge=1)
+    device: str = Field("auto", description="auto (CUDA when there is a GPU, else the CPU), cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"use {DEVICES}, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _reward_or_agent(self) -> Config:

