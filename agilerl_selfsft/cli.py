@@ -56,7 +56,8 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
     )
-    s = config.selection
+    s, g = config.selection, config.generation
+    vllm_settings = {"gpu_memory_utilization": g.gpu_memory_utilization, "enforce_eager": g.enforce_eager}
     pop = SelfSFT.population(
         config.population, pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
         tokenizer=tokenizer, lora_config=lora, lr=config.lr, batch_size=config.batch_size,
@@ -64,6 +65,7 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         max_new_tokens=config.max_new_tokens, kl_coef=config.kl_coef, seed=config.seed,
         selection_threshold=s.threshold, selection_top_fraction=s.top_fraction,
         hp_config=_hp_config(config) if config.population > 1 else None, device=device,
+        generation_engine=g.engine, vllm_config=vllm_settings, max_model_len=limit + config.max_new_tokens,
         gradient_checkpointing=device.type == "cuda",  # on CPU it only costs time at these sizes
     )
     env = SelfSFTGym(

@@ -66,6 +66,20 @@ class StaticDataSettings(_Strict):
     decay_iterations: int = Field(1, ge=1)
 
 
+class GenerationSettings(_Strict):
+    """Which engine samples the completions (see :mod:`agilerl_selfsft.generation.engine`).
+
+    ``engine``: ``hf`` (our decode loop), ``vllm`` (one vLLM engine, merged weights synced once per change) or
+    ``auto`` (vLLM when it is installed). The other keys are the vLLM engine's: the share of GPU memory (on CPU,
+    of host memory) for its KV cache, and ``enforce_eager: false`` to let vLLM compile (slower start, faster
+    decode).
+    """
+
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    gpu_memory_utilization: float | None = Field(None, gt=0, lt=1)
+    enforce_eager: bool = True
+
+
 MUTABLE = (
     "lr", "temperature", "num_generations", "batch_size", "kl_coef", "selection_threshold", "selection_top_fraction"
 )
@@ -123,6 +137,7 @@ class Config(_Strict):
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
+    generation: GenerationSettings = GenerationSettings()
     selection: SelectionSettings = SelectionSettings()
     lr: float = Field(2e-4, gt=0)
     batch_size: int = Field(16, ge=1)

@@ -24,6 +24,7 @@ never the other way round.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -156,8 +157,10 @@ def check_launch(pop: list[Any], accelerator: Accelerator | None) -> DataParalle
                 "DeepSpeed ZeRO-3 is not supported with several processes: each process generates for its own "
                 "prompts, which ZeRO-3's collective forward passes do not allow; use ZeRO stage 0, 1 or 2"
             )
-        if any(getattr(agent, "use_vllm", False) for agent in pop):
-            raise SelfSFTError("use_vllm is not supported with several processes yet: use Hugging Face generation")
+        engines = {getattr(agent, "generation_engine", "hf") for agent in pop}
+        if "vllm" in engines or ("auto" in engines and importlib.util.find_spec("vllm") is not None):
+            raise SelfSFTError("the vllm generation engine is not supported with several processes yet: "
+                               "use generation_engine='hf'")
     return dp
 
 

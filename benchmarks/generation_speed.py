@@ -14,7 +14,10 @@ top-p 1, no top-k, ``max_new_tokens``) and stop on the same token ids (``agilerl
 - ``hf``: plain batched ``generate`` on the same actor: prompts left-padded, each repeated K times, the same
   rows per call as ours;
 - ``grpo``: ``GRPO.get_action(prompt_dicts, training=True)`` with ``use_vllm=False``: one ``generate`` call per
-  prompt on that prompt repeated ``group_size = K`` times (prompt dicts built as AgileRL's ``ReasoningGym`` does).
+  prompt on that prompt repeated ``group_size = K`` times (prompt dicts built as AgileRL's ``ReasoningGym`` does);
+- ``vllm`` / ``vllm_compiled``: ``SelfSFT.sample`` with ``generation_engine="vllm"`` (the engine holds the merged
+  weights; eager, or with vLLM's compilation). They need vLLM: run them with ``.venv-vllm/bin/python`` (``make
+  test-vllm`` builds it). The result also records one weight sync after a learn step (``vllm_sync_seconds``).
 
 Generated tokens are counted the same way for all: per row, completion tokens up to and including the first stop
 token (the whole row when it never stopped). FLOP utilisation = tokens/s × 2·N / the machine's measured fp32
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # and switches liger off on machines without CUDA.
 import agilerl_selfsft  # noqa: I001  (import order matters)
 from agilerl_selfsft import SelfSFT, load_model, load_tasks
-from agilerl_selfsft.data.chat import render_prompt, turn_end_token_ids
+from agilerl_selfsft.data.chat import collate, render_prompt, turn_end_token_ids
 from agilerl_selfsft.data.tasks import CAPITALS_DIR
 
 import argparse
@@ -83,7 +86,10 @@ METHODS = {
     "loop_plain": "decode loop, every row prefilled, finished rows decode on",
     "hf": "plain batched HF generate (prompts × K rows per call)",
     "grpo": "GRPO.get_action (AgileRL HF path: one generate per prompt)",
+    "vllm": "SelfSFT.sample, vLLM engine (merged weights, eager; needs vLLM: .venv-vllm)",
+    "vllm_compiled": "SelfSFT.sample, vLLM engine (merged weights, vLLM's compilation on)",
 }
+VLLM_METHODS = ("vllm", "vllm_compiled")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -303,6 +309,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours = SelfSFT(actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
                    num_generations=args.k, max_new_tokens=args.max_new_tokens, generation_batch_size=args.batch_rows,
                    **shared)
+    engines = {}
+    for name in VLLM_METHODS:
+        if name in args.methods:
+            engines[name] = SelfSFT(actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
+                                    num_generations=args.k, max_new_tokens=args.max_new_tokens, generation_engine="vllm",
+                                    vllm_config={"enforce_eager": name == "vllm", "gpu_memory_utilization": 0.2},
+                                    max_model_len=2048, **shared)
     grpo = None
     if "grpo" in args.methods:
         grpo = GRPO(actor_network=copy.deepcopy(model), lora_config=lora_config(), group_size=args.k,
@@ -328,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                            drop_finished=False, share_prompts=False),
             "hf": lambda: plain_hf_generate(ours, texts, k, rows, stop_ids),
             "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids),
+            **{name: (lambda agent=agent: run_ours(agent, chats, k)) for name, agent in engines.items()},
         }
         return {name: calls[name] for name in args.methods}
 
@@ -345,6 +359,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"repeat {rep + 1}/{args.repeats} {name:11s}: {r['tokens']} tokens in {r['seconds']:.2f} s = "
                 f"{r['tokens'] / r['seconds']:.1f} tokens/s ({r['finished_rows']}/{r['rows']} rows stopped)")
     load_after = machine_load()
+    syncs = {}
+    for name, agent in engines.items():  # what one learn step costs the engine: one push of the merged weights
+        engine = agent.generation_engine_instance()
+        batch = collate(tokenizer, [[*chats[0], {"role": "assistant", "content": "Paris."}]])
+        agent.learn(batch)
+        before = engine.sync_seconds
+        with agent.select_adapter("actor"):
+            engine.sync(agent)
+        syncs[name] = round(engine.sync_seconds - before, 3)
+        log(f"{name}: one weight sync after a learn step took {syncs[name]:.2f} s")
 
     notes = []
     busiest = max((x["loadavg_1_5_15"] or [0])[0] for x in (load_before, load_after))
@@ -367,6 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine_load": {"before": load_before, "after": load_after},
         "methods": methods,
         "ceiling": ceiling,
+        "vllm_sync_seconds": syncs,
         "peak_rss_mib": peak_rss_mib(),
         "notes": notes,
     }

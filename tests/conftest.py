@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -20,6 +21,9 @@ from agilerl_selfsft import SelfSFT
 from agilerl_selfsft.models import load_tokenizer
 
 torch.set_num_threads(2)
+
+# The vLLM engine's tests need vLLM, which has a venv of its own (`make test-vllm`); elsewhere they are not collected.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["generation/test_vllm_engine.py"]
 
 TINY_SEED = 0
 

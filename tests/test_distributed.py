@@ -135,7 +135,7 @@ def test_unsupported_setups_are_refused_before_any_work(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
 
     def agent(accelerator, **kw):
-        return type("Agent", (), {"accelerator": accelerator, "zero_stage": 2, "use_vllm": False, **kw})()
+        return type("Agent", (), {"accelerator": accelerator, "zero_stage": 2, "generation_engine": "hf", **kw})()
 
     assert check_launch([agent(None)], None).world == 1
     assert check_launch([agent(two)], two).world == 2
@@ -145,8 +145,8 @@ def test_unsupported_setups_are_refused_before_any_work(monkeypatch):
         check_launch([agent(two, zero_stage=3)], two)
     with pytest.raises(SelfSFTError, match="populations are not supported"):
         check_launch([agent(two), agent(two)], two)
-    with pytest.raises(SelfSFTError, match="use_vllm"):
-        check_launch([agent(two, use_vllm=True)], two)
+    with pytest.raises(SelfSFTError, match="the vllm generation engine is not supported with several processes"):
+        check_launch([agent(two, generation_engine="vllm")], two)
     # accelerate on CPU without gloo: every process believes it is alone
     one_of_two = FakeAccelerator(0, 1)
     with pytest.raises(SelfSFTError, match="launcher started 2 processes but the accelerator counts 1"):

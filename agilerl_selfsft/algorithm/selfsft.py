@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,9 +14,12 @@ from agilerl_selfsft.algorithm.learning import BucketedLearning
 from agilerl_selfsft.algorithm.population import SharedBasePopulation
 from agilerl_selfsft.data.chat import render_prompt, turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.generation import decode
 from agilerl_selfsft.generation.decode import Sampling
+from agilerl_selfsft.generation.engine import Engine, HFEngine, engine_name
+from agilerl_selfsft.generation.vllm_engine import VLLMEngine
 from agilerl_selfsft.samples import Generations, Message
+
+_WEIGHTS_VERSIONS = itertools.count()
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -31,9 +35,10 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
 
     - :meth:`generate` / :meth:`sample`: K completions per prompt, batched across prompts. Sampling settings
       (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``num_generations``) are plain attributes,
-      read at every call, so AgileRL mutations take effect on the next call. On CPU (or without vLLM) this
-      is Hugging Face ``generate``; with ``use_vllm=True`` it goes through AgileRL's colocated vLLM engine,
-      which receives only the LoRA weights at each sync.
+      read at every call, so AgileRL mutations take effect on the next call. The engine
+      (:mod:`agilerl_selfsft.generation.engine`) is ``generation_engine``: ``hf``, our decode loop on the
+      policy's model, or ``vllm``, one vLLM engine shared by the population that is given the merged weights
+      once per change.
     - actor and frozen reference LoRA adapters (``use_separate_reference_adapter=True`` by default), and an
       optional KL(actor ‖ reference) term in :meth:`learn`, weighted by ``kl_coef`` (0 by default).
     - response-only cross-entropy for single-turn pairs and multi-turn chats: batches that carry a
@@ -80,11 +85,16 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     :type generation_batch_size: int, optional
     :param kl_coef: weight of the KL(actor ‖ reference) penalty in :meth:`learn`, defaults to 0.0
     :type kl_coef: float, optional
-    :param use_vllm: generate with AgileRL's colocated vLLM engine (GPU, vllm installed), defaults to False
+    :param generation_engine: ``hf``, ``vllm`` or ``auto`` (vLLM when it is installed), defaults to ``hf``
+    :type generation_engine: str, optional
+    :param use_vllm: the same as ``generation_engine="vllm"`` (AgileRL's name), defaults to False
     :type use_vllm: bool, optional
-    :param vllm_config: AgileRL ``VLLMConfig`` for that engine, defaults to None (AgileRL's defaults)
-    :type vllm_config: agilerl.utils.llm_utils.VLLMConfig, optional
-    :param max_model_len: longest prompt + completion vLLM accepts, defaults to 1024
+    :param vllm_config: settings of the vLLM engine: an AgileRL ``VLLMConfig`` or a dict; read are
+        ``gpu_memory_utilization`` (the share of GPU memory, or on CPU of host memory, for its KV cache) and
+        ``enforce_eager`` (skip compilation), defaults to None (0.3 on GPU, 0.1 on CPU; eager)
+    :type vllm_config: Any, optional
+    :param max_model_len: longest prompt + completion the vLLM engine takes, defaults to None (the model's
+        context length)
     :type max_model_len: int, optional
     :param selection_threshold: this agent's least reward for a sample to be kept, defaults to None (the
         environment's ``threshold``); set it to mutate it
@@ -103,7 +113,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     """
 
     #: what a clone takes from its parent beyond AgileRL's copied state (see ``SharedBasePopulation``)
-    _clone_keeps = ("_tokenizer", "_micro_follows_batch")
+    _clone_keeps = ("_tokenizer", "_micro_follows_batch", "_engine")
 
     def __init__(
         self,
@@ -143,9 +153,10 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         max_new_tokens: int = 64,
         generation_batch_size: int = 128,
         kl_coef: float = 0.0,
+        generation_engine: str = "hf",
         use_vllm: bool = False,
         vllm_config: Any | None = None,
-        max_model_len: int = 1024,
+        max_model_len: int | None = None,
         selection_threshold: float | None = None,
         selection_top_fraction: float | None = None,
         micro_batch_tokens: int | None = None,
@@ -214,19 +225,16 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         self._micro_follows_batch = micro_batch_size_per_gpu is None and accelerator is None
         self.register_mutation_hook(self._after_mutation)
         self.vllm_config = vllm_config
-        self.use_vllm = use_vllm
+        # AgileRL's own colocated vLLM path stays off: generation goes through our engines (one vLLM engine per
+        # population, synced once per weight change; see agilerl_selfsft.generation.engine)
+        self.use_vllm = False
+        self.generation_engine = "vllm" if use_vllm else generation_engine
+        engine_name(self.generation_engine)  # an unknown name, or vllm without vLLM: say so now
+        self._engine: Engine | None = None
+        self._weights_changed()
         self.metrics.register("kl")
         self.metrics.register("tokens")  # AgileRL reports these as train/tokens and train/padding ("/" would
         self.metrics.register("padding")  # make them nested, per-sub-agent metrics)
-        if use_vllm:
-            # SFT.__init__ builds the trainer without vLLM; start the colocated engine after it (the
-            # trainer-first order AgileRL uses for quantised models); only LoRA weights are synced to it.
-            # As in AgileRL, a sleep-mode clone starts no second engine: clone() hands over the parent's.
-            self._vllm_awake = True
-            if clone and vllm_config is not None and vllm_config.sleep_mode:
-                self.llm = None
-            else:
-                self._configure_vllm()
 
     # ---- mutations ----
     def _after_mutation(self) -> None:
@@ -244,7 +252,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
             # AgileRL mutates from the value it stored last; start the next mutation from the agent's own.
             self.registry.hp_config[name].value = getattr(self, name)
 
-    # ---- attributes AgileRL's vLLM path reads, derived from ours (read-only: never persisted) ----
+    # ---- AgileRL's names for our settings (read-only properties: never persisted) ----
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
         """The tokenizer used by :meth:`generate`."""
@@ -304,46 +312,56 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
         tools = tools if tools is not None else [None] * len(chats)
         texts = [render_prompt(self._tokenizer, chat, t) for chat, t in zip(chats, tools, strict=True)]
-        stop_ids = turn_end_token_ids(self._tokenizer)
-        with self.select_adapter("actor"):
-            if self.use_vllm:
-                return self._sample_vllm(texts, k, greedy, stop_ids, temperature)
-            self.actor.eval()
-            sampling = Sampling(
-                max_new_tokens=self.max_new_tokens,
-                stop_token_ids=stop_ids,
-                temperature=temperature,
-                top_p=self.top_p,
-                top_k=self.top_k,
-                greedy=greedy,
-            )
-            return decode.sample(
-                self.actor, self._tokenizer, texts, k, sampling, max_batch_rows=self.generation_batch_size
-            )
-
-    def _sample_vllm(  # pragma: no cover - GPU + vllm only
-        self, texts: list[str], k: int, greedy: bool, stop_ids: list[int], temperature: float
-    ) -> Generations:
-        import time
-
-        start = time.perf_counter()
-        prompts = [
-            {"input_ids": self._tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"], "text": t}
-            for t in texts
-        ]
-        self._prepare_vllm_for_generation()
-        completion_ids, _, _ = self._generate_with_vllm_colocate(
-            prompts, k, temperature=0.0 if greedy else temperature
+        sampling = Sampling(
+            max_new_tokens=self.max_new_tokens,
+            stop_token_ids=turn_end_token_ids(self._tokenizer),
+            temperature=temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            greedy=greedy,
         )
-        self._prepare_vllm_for_training()
-        out = Generations(texts=[[] for _ in texts], finished=[[] for _ in texts])
-        for i, group in enumerate(completion_ids):  # [k, prompt + completion], completions padded
-            new = group[:, prompts[i]["input_ids"].shape[1] :].tolist()
-            for row in new:
-                stop = next((j for j, t in enumerate(row) if t in stop_ids), None)
-                kept = row[: stop + 1] if stop is not None else [t for t in row if t != self.pad_token_id]
-                out.texts[i].append(self._tokenizer.decode(kept, skip_special_tokens=True).strip())
-                out.finished[i].append(stop is not None)
-                out.num_tokens += len(kept)
-        out.seconds = time.perf_counter() - start
-        return out
+        with self.select_adapter("actor"):
+            return self.generation_engine_instance().sample(self, texts, k, sampling)
+
+    def generation_engine_instance(self) -> Engine:
+        """The engine :attr:`generation_engine` names, built on first use (a vLLM engine is shared by the
+        population: clones are handed their parent's)."""
+        name = engine_name(self.generation_engine)
+        if self._engine is None or self._engine.name != name:
+            if name == "vllm":
+                config = self.vllm_config
+                settings = {} if config is None else dict(config) if isinstance(config, dict) else vars(config)
+                self._engine = VLLMEngine.shared(self, settings.get("gpu_memory_utilization"),
+                                                 settings.get("enforce_eager", True))
+            else:
+                self._engine = HFEngine()
+        return self._engine
+
+    # ---- weights versions (what a vLLM engine compares before it syncs) ----
+    def _weights_changed(self) -> None:
+        """Give the actor weights a new version, unique in this process."""
+        self._weights_version = next(_WEIGHTS_VERSIONS)
+
+    def learn(self, experiences: dict[str, Any], training: bool = True) -> dict[str, float]:
+        """:meth:`BucketedLearning.learn <agilerl_selfsft.algorithm.learning.BucketedLearning.learn>`; after a
+        training step the weights get a new version."""
+        result = super().learn(experiences, training)
+        if training:
+            self._weights_changed()
+        return result
+
+    def load_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        """AgileRL's ``load_checkpoint``; the weights get a new version."""
+        super().load_checkpoint(*args, **kwargs)
+        self._weights_changed()
+
+    def _load_model_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        """AgileRL's adapter loader; the weights get a new version."""
+        super()._load_model_checkpoint(*args, **kwargs)
+        self._weights_changed()
+
+    def clone(self, index: int | None = None, wrap: bool = True) -> Any:
+        """A shared-base clone (see ``SharedBasePopulation``) with weights of its own version."""
+        clone = super().clone(index=index, wrap=wrap)
+        clone._weights_changed()
+        return clone

@@ -1,9 +1,9 @@
 """Generate and score: K completions (or agent conversations) per prompt, scored.
 
-``decode`` (the batched decode loop behind ``SelfSFT.sample``), ``agents`` (multi-turn agent rollouts, every
-turn of all live conversations in one generate call), ``collect`` (``sample_scored``: generation and scoring
-for a set of tasks, sharded over the processes of a launch).
-"""
+``engine`` (the seam: ``hf`` or ``vllm``, chosen by name), ``decode`` (our batched decode loop, the ``hf``
+engine), ``vllm_engine`` (one vLLM engine per population, merged weights synced once per change), ``agents``
+(multi-turn agent rollouts, every turn of all live conversations in one generate call), ``collect``
+(``sample_scored``: generation and scoring for a set of tasks, sharded over the processes of a launch)."""
 
 from agilerl_selfsft.generation.agents import rollout
 from agilerl_selfsft.generation.collect import sample_scored

@@ -160,13 +160,25 @@ def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[Callab
     model itself.
     """
     from agilerl.modules.dummy import DummyEvolvable
+
+    wrapper, model = model, (model.module if isinstance(model, DummyEvolvable) else model)
+    weights = folded_lora_weights(model) if enabled else None
+    if weights is None:
+        yield wrapper
+        return
+    with model.disable_adapter():
+        yield lambda **inputs: torch.func.functional_call(model, weights, args=(), kwargs=inputs)
+
+
+def folded_lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """``W + B·A`` of every LoRA layer of a PEFT model for its active adapters, by the base weight's parameter
+    name (``....base_layer.weight``); None when the model has no LoRA layer or one that cannot be folded so
+    (another adapter type, DoRA, already merged, adapters disabled). The model is not written."""
     from peft import PeftModel
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
-    wrapper, model = model, (model.module if isinstance(model, DummyEvolvable) else model)
-
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)} if enabled else {}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
     params = dict(model.named_parameters()) if layers else {}
     foldable = (
         isinstance(model, PeftModel)
@@ -176,18 +188,16 @@ def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[Callab
         and all(f"{name}.base_layer.weight" in params for name in layers)
     )
     if not foldable:
-        yield wrapper
-        return
+        return None
+    weights = {}
     with torch.no_grad():
-        weights = {}
         for name, m in layers.items():
             adapters = [a for a in m.active_adapters if a in m.lora_A]
             if adapters:
                 base = m.get_base_layer().weight
                 delta = sum(m.get_delta_weight(a) for a in adapters)
                 weights[f"{name}.base_layer.weight"] = base + delta.to(base.dtype)
-    with model.disable_adapter():
-        yield lambda **inputs: torch.func.functional_call(model, weights, args=(), kwargs=inputs)
+    return weights
 
 
 def _common_prefix_length(prompts: list[list[int]]) -> int:

