@@ -17,7 +17,8 @@ top-p 1, no top-k, ``max_new_tokens``) and stop on the same token ids (``agilerl
   prompt on that prompt repeated ``group_size = K`` times (prompt dicts built as AgileRL's ``ReasoningGym`` does);
 - ``vllm`` / ``vllm_compiled``: ``SelfSFT.sample`` with ``generation_engine="vllm"`` (the engine holds the merged
   weights; eager, or with vLLM's compilation). They need vLLM: run them with ``.venv-vllm/bin/python`` (``make
-  test-vllm`` builds it). The result also records one weight sync after a learn step (``vllm_sync_seconds``).
+  test-vllm`` builds it), one of them per process. The result also records one weight sync after a learn step
+  (``vllm_sync_seconds``).
 
 Generated tokens are counted the same way for all: per row, completion tokens up to and including the first stop
 token (the whole row when it never stopped). FLOP utilisation = tokens/s × 2·N / the machine's measured fp32
@@ -115,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = [m for m in args.methods.split(",") if m]
     if unknown := set(args.methods) - set(METHODS):
         parser.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+    if set(VLLM_METHODS) <= set(args.methods):  # on CPU vLLM counts the first engine's memory against the second's
+        parser.error(f"run {' and '.join(VLLM_METHODS)} in separate processes: one vLLM engine per process")
     return args
 
 

