@@ -59,8 +59,8 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     clones and checkpoints hold only plain values.
 
     Where each part is: this class holds the constructor, every knob and its validation (also after a
-    mutation: :meth:`_after_mutation`) and :meth:`sample`, whose decode loop is
-    :func:`agilerl_selfsft.generation.decode.sample`; :meth:`learn` is
+    mutation: :meth:`_after_mutation`) and :meth:`sample`, which hands the rendered prompts to its engine
+    (:mod:`agilerl_selfsft.generation.engine`: our decode loop or vLLM); :meth:`learn` is
     :class:`~agilerl_selfsft.algorithm.learning.BucketedLearning` (length buckets planned by
     :mod:`agilerl_selfsft.algorithm.batching`); :meth:`population` and :meth:`clone` are
     :class:`~agilerl_selfsft.algorithm.population.SharedBasePopulation`.
@@ -91,7 +91,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     :type use_vllm: bool, optional
     :param vllm_config: settings of the vLLM engine: an AgileRL ``VLLMConfig`` or a dict; read are
         ``gpu_memory_utilization`` (the share of GPU memory, or on CPU of host memory, for its KV cache) and
-        ``enforce_eager`` (skip compilation), defaults to None (0.3 on GPU, 0.1 on CPU; eager)
+        ``enforce_eager`` (skip compilation), defaults to None (0.3 on GPU, 0.25 on CPU; eager)
     :type vllm_config: Any, optional
     :param max_model_len: longest prompt + completion the vLLM engine takes, defaults to None (the model's
         context length)

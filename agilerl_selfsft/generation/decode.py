@@ -159,15 +159,20 @@ def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[Callab
     other model (no PEFT, other adapter types, already merged, wrapped by an accelerator) the forward is the
     model itself.
     """
-    from agilerl.modules.dummy import DummyEvolvable
-
-    wrapper, model = model, (model.module if isinstance(model, DummyEvolvable) else model)
+    wrapper, model = model, unwrapped(model)
     weights = folded_lora_weights(model) if enabled else None
     if weights is None:
         yield wrapper
         return
     with model.disable_adapter():
         yield lambda **inputs: torch.func.functional_call(model, weights, args=(), kwargs=inputs)
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside AgileRL's ``DummyEvolvable`` wrapper (any other model as it is)."""
+    from agilerl.modules.dummy import DummyEvolvable
+
+    return model.module if isinstance(model, DummyEvolvable) else model
 
 
 def folded_lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

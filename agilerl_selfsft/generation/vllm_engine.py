@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.generation.decode import Sampling, folded_lora_weights
+from agilerl_selfsft.generation.decode import Sampling, folded_lora_weights, unwrapped
 from agilerl_selfsft.samples import Generations
 
 # The share of memory vLLM takes (weights, activations, KV cache): of the GPU, or on the CPU backend of the host.
@@ -161,10 +161,7 @@ class VLLMEngine:
 
 
 def _peft_model(policy: Any) -> Any:
-    from agilerl.modules.dummy import DummyEvolvable
-
-    actor = policy.actor
-    return actor.module if isinstance(actor, DummyEvolvable) else actor
+    return unwrapped(policy.actor)
 
 
 def _model_folder(policy: Any) -> str:
