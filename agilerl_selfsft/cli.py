@@ -18,6 +18,8 @@ from agilerl_selfsft.config import Config, load_config
 from agilerl_selfsft.errors import SelfSFTError
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "capitals.yaml"
+#: config keys a ``--resume`` may change: they do not change what the run computes
+RESUME_MAY_CHANGE = ("iterations", "threads", "device", "reward_timeout")
 
 
 def build(config: Config):  # noqa: ANN201 -- (pop, env)
@@ -61,11 +63,12 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     pop = SelfSFT.population(
         config.population, pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
         tokenizer=tokenizer, lora_config=lora, lr=config.lr, batch_size=config.batch_size,
-        num_generations=config.num_generations, temperature=config.temperature, top_p=config.top_p,
+        num_generations=config.num_generations, sampling_temperature=config.temperature, top_p=config.top_p,
         max_new_tokens=config.max_new_tokens, kl_coef=config.kl_coef, seed=config.seed,
         selection_threshold=s.threshold, selection_top_fraction=s.top_fraction,
         hp_config=_hp_config(config) if config.population > 1 else None, device=device,
-        generation_engine=g.engine, vllm_config=vllm_settings, max_model_len=limit + config.max_new_tokens,
+        generation_engine=g.engine, fold_lora=g.fold_lora, vllm_config=vllm_settings,
+        max_model_len=limit + config.max_new_tokens,
         gradient_checkpointing=device.type == "cuda",  # on CPU it only costs time at these sizes
     )
     env = SelfSFTGym(
@@ -75,6 +78,7 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         static_data=static_data, static_fraction=static.fraction if static else 0.5,
         static_final_fraction=static.final_fraction if static else None,
         static_decay_iterations=static.decay_iterations if static else 1, seed=config.seed,
+        reward_timeout=config.reward_timeout,
     )
     return pop, env
 
@@ -83,9 +87,12 @@ def _hp_config(config: Config):  # noqa: ANN202 -- agilerl HyperparameterConfig
     from agilerl.algorithms.core.registry import HyperparameterConfig, RLParameter
 
     ints = ("num_generations", "batch_size")
+    agent_name = {"temperature": "sampling_temperature"}  # the config's name -> the agent's attribute
     return HyperparameterConfig(**{
-        name: RLParameter(min=int(lo) if name in ints else lo, max=int(hi) if name in ints else hi,
-                          dtype=int if name in ints else float)
+        agent_name.get(name, name): RLParameter(
+            min=int(lo) if name in ints else lo, max=int(hi) if name in ints else hi,
+            dtype=int if name in ints else float,
+        )
         for name, (lo, hi) in config.evolution.hp.items()
     })
 
@@ -111,47 +118,72 @@ def build_evolution(config: Config):  # noqa: ANN201 -- (TournamentSelection, Mu
 def train(
     config_path: str | Path, output: str | Path | None = None, resume: bool = False, overwrite: bool = False
 ) -> Path:
-    """Run ``agilerl-selfsft train``; returns the run directory."""
-    from agilerl_selfsft.training.loop import finetune_llm_selfsft
-    from agilerl_selfsft.training.report import plot, table
+    """Run ``agilerl-selfsft train``; returns the run directory.
+
+    The folder is checked (read only) first; then its lock is taken
+    (:func:`~agilerl_selfsft.training.rundir.run_lock`: another trainer there is refused, naming its PID), the
+    checks are made again, and only then is anything in it written or deleted.
+    """
+    from agilerl_selfsft.training.rundir import run_lock
 
     config = load_config(config_path)
     out = Path(output) if output else Path("runs") / Path(config_path).stem
-    holds_run = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
-    if holds_run and not (resume or overwrite):
+    _check_output(config, out, resume, overwrite)  # a refused folder is left as it is, without a lock file
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the top new folder
+    with run_lock(out):
+        try:
+            return _train_locked(config, out, resume, overwrite)
+        except SelfSFTError:
+            if created is not None and not (out / "checkpoints" / "latest").exists():
+                shutil.rmtree(created, ignore_errors=True)  # a run that finished no iteration leaves nothing behind
+            raise
+
+
+def _check_output(config: Config, out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that holds a run without ``--resume`` / ``--overwrite``, a run to resume whose
+    config differs, or (with ``--overwrite``) a folder that is not wholly a run of ours."""
+    from agilerl_selfsft.training.rundir import check_ours, holds_run
+
+    if not holds_run(out):
+        return
+    if not (resume or overwrite):
         raise SelfSFTError(
             f"output dir {out} holds another run; pass --resume to continue it or --overwrite to replace it"
         )
-    if holds_run and resume and (out / "config.json").exists():
-        # A resumed run may be extended (iterations) or given other threads or another device; anything else
-        # would mix runs.
+    if overwrite:
+        check_ours(out)  # names what is not ours; nothing is deleted
+    if resume and (out / "config.json").exists():
+        # A resumed run may be extended (iterations), given other threads, another device or another reward
+        # timeout; anything else would mix runs.
         saved = json.loads((out / "config.json").read_text())
         # a key an older config.json lacks had its default then
         defaults = {k: f.default for k, f in Config.model_fields.items() if not f.is_required()}
         changed = sorted(k for k, v in config.model_dump(mode="json").items()
-                         if k not in ("iterations", "threads", "device") and saved.get(k, defaults.get(k)) != v)
+                         if k not in RESUME_MAY_CHANGE and saved.get(k, defaults.get(k)) != v)
         if changed:
             raise SelfSFTError(f"cannot resume {out}: {', '.join(changed)} differ from the run's config.json")
+
+
+def _train_locked(config: Config, out: Path, resume: bool, overwrite: bool) -> Path:
+    """``train`` inside the run directory's lock: the folder checked again, the run, the report."""
+    from agilerl_selfsft.training.loop import finetune_llm_selfsft
+    from agilerl_selfsft.training.report import plot, table
+    from agilerl_selfsft.training.rundir import clear_run, holds_run
+
+    _check_output(config, out, resume, overwrite)  # it may have changed before the lock was ours
     pop, env = build(config)
     tournament, mutation = build_evolution(config)
-    if overwrite and holds_run:
-        shutil.rmtree(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        (out / "config.json").write_text(config.model_dump_json(indent=2))
-        _, history = finetune_llm_selfsft(
-            pop, env, init_hp=config.model_dump(), iterations=config.iterations,
-            prompts_per_iteration=config.prompts_per_iteration, sft_epochs=config.sft_epochs,
-            eval_samples=config.eval_samples, eval_greedy=config.eval_greedy, checkpoint_path=out,
-            keep_checkpoints=config.keep_checkpoints, seed=config.seed, resume=resume,
-            stop_after_empty=config.stop_after_empty, tournament=tournament, mutation=mutation,
-            evo_steps=config.evolution.evo_steps, eval_temperature=config.temperature,
-        )
-    except SelfSFTError:
-        if created and not (out / "checkpoints" / "latest").exists():
-            shutil.rmtree(out, ignore_errors=True)  # a run that finished no iteration leaves nothing behind
-        raise
+    if overwrite and holds_run(out):
+        clear_run(out)  # what the old run wrote, nothing else (it checks that again)
+    (out / "config.json").write_text(config.model_dump_json(indent=2))
+    _, history = finetune_llm_selfsft(
+        pop, env, init_hp=config.model_dump(), iterations=config.iterations,
+        prompts_per_iteration=config.prompts_per_iteration, sft_epochs=config.sft_epochs,
+        eval_samples=config.eval_samples, eval_greedy=config.eval_greedy, checkpoint_path=out,
+        keep_checkpoints=config.keep_checkpoints, seed=config.seed, resume=resume,
+        stop_after_empty=config.stop_after_empty, tournament=tournament, mutation=mutation,
+        evo_steps=config.evolution.evo_steps, eval_temperature=config.temperature,
+    )
     print("\n" + table(history))
     print(f"\nreward curve: {plot(history, out / 'reward_curve.png')}")
     print(f"run directory: {out}  (metrics.jsonl, checkpoints/latest)")

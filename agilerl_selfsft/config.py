@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agilerl_selfsft.env.rewards import DEFAULT_TIMEOUT
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.models import DEVICES, EMBEDDED_NAME
 
@@ -70,12 +71,16 @@ class GenerationSettings(_Strict):
     """Which engine samples the completions (see :mod:`agilerl_selfsft.generation.engine`).
 
     ``engine``: ``hf`` (our decode loop), ``vllm`` (one vLLM engine, merged weights synced once per change) or
-    ``auto`` (vLLM when it is installed). The other keys are the vLLM engine's: the share of GPU memory (on CPU,
+    ``auto`` (vLLM when it is installed). ``fold_lora`` is the ``hf`` engine's (``SelfSFT(fold_lora=...)``). The
+    other keys are the vLLM engine's: the share of GPU memory (on CPU,
     of host memory) for its KV cache, and ``enforce_eager: false`` to let vLLM compile (slower start, faster
     decode).
     """
 
     engine: Literal["auto", "hf", "vllm"] = "auto"
+    fold_lora: bool | Literal["auto"] = Field(
+        "auto", description="hf engine: fold LoRA into weight copies per call (auto: when they fit in memory)"
+    )
     gpu_memory_utilization: float | None = Field(None, gt=0, lt=1)
     enforce_eager: bool = True
 
@@ -131,10 +136,13 @@ class Config(_Strict):
     agent: str | None = Field(
         None, description="'module:function': a multi-turn agent whose return value is the reward"
     )
+    reward_timeout: float | None = Field(
+        DEFAULT_TIMEOUT, gt=0, description="seconds a reward function may take per call (null: no limit)"
+    )
     iterations: int = Field(6, ge=0)
     prompts_per_iteration: int = Field(64, ge=1)
     num_generations: int = Field(4, ge=1, description="K: completions sampled per prompt")
-    temperature: float = Field(0.8, gt=0)
+    temperature: float = Field(0.8, ge=0, description="sampling temperature; 0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
     generation: GenerationSettings = GenerationSettings()

@@ -47,6 +47,19 @@ BAD_REWARDS = textwrap.dedent(
     def crashing_agent(task, chat):
         chat(list(task.messages))
         raise KeyError("no tool")
+
+    def hangs_in_iteration_2(prompts, completions, **kw):
+        import os, pathlib, time
+        if pathlib.Path("run/checkpoints/iteration_0001").exists() and not os.environ.get("REWARD_FIXED"):
+            time.sleep(60)
+        return [1.0] * len(completions)
+
+    def waits_for_release(prompts, completions, **kw):
+        import os, pathlib, time
+        while os.environ.get("HOLD_RUN") and not pathlib.Path("release").exists():  # only the first trainer waits
+            pathlib.Path("waiting").touch()
+            time.sleep(0.05)
+        return [1.0] * len(completions)
     """
 )
 
@@ -133,6 +146,7 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
         ({"bad_rows": "ignore"}, "key 'bad_rows': Input should be 'stop' or 'skip'"),
         ({"static_data": {"path": "nowhere.jsonl"}}, "static data not found: "),
         ({"device": "gpu"}, "key 'device': use auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ({"reward_timeout": 0}, "key 'reward_timeout': Input should be greater than 0"),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys, overrides, expected):
@@ -316,3 +330,85 @@ def test_shipped_configs_load_with_their_data_and_functions(name):
         assert import_function(config.agent, "agent").__name__ == "capital_agent"
     else:
         assert [r.name for r in resolve_reward(config.reward)] == ["contains"]
+
+
+def test_a_reward_that_hangs_ends_the_run_and_the_last_checkpoint_resumes(workdir, tiny_model_dir, capsys, caplog,
+                                                                         monkeypatch):
+    from agilerl_selfsft.cli import build
+    from agilerl_selfsft.config import load_config
+    from agilerl_selfsft.training.checkpoints import verify_checkpoint
+
+    assert build(load_config(write_config(workdir, tiny_model_dir, reward_timeout=None)))[1].reward_timeout is None
+    assert load_config(write_config(workdir, tiny_model_dir)).reward_timeout == 300  # the default
+    config = write_config(workdir, tiny_model_dir, iterations=2, reward="badrewards:hangs_in_iteration_2",
+                          reward_timeout=1.5)
+    assert build(load_config(config))[1].reward_timeout == 1.5  # the YAML key reaches the environment
+    monkeypatch.delenv("REWARD_FIXED", raising=False)
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
+    assert (code, line) == (2, "error: reward function 'badrewards:hangs_in_iteration_2' did not return within 1.5 s "
+                               "(reward_timeout); make it faster or raise reward_timeout, then resume")
+    latest = workdir / "run" / "checkpoints" / "latest"
+    assert os.readlink(latest) == "iteration_0001" and verify_checkpoint(latest)["iteration"] == 1  # intact
+    assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1]
+    monkeypatch.setenv("REWARD_FIXED", "1")  # the reward works now; a longer limit may come with the resume
+    longer = write_config(workdir, tiny_model_dir, iterations=2, reward="badrewards:hangs_in_iteration_2",
+                          reward_timeout=60)
+    caplog.set_level("INFO", logger="agilerl_selfsft")
+    assert main(["train", "--config", str(longer), "--output", "run", "--resume"]) == 0
+    assert "Resuming after iteration 1 from" in caplog.text
+    assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1, 2]
+    assert os.readlink(latest) == "iteration_0002"
+
+
+def test_overwrite_deletes_only_a_run_of_ours_and_names_anything_else(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir)
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    run = workdir / "run"
+    (run / "notes.txt").write_text("my notes")
+    (run / "checkpoints" / "keep.bin").write_bytes(b"mine")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run", "--overwrite")
+    assert (code, line) == (2, f"error: --overwrite deletes only a run of ours, and {Path('run')} also holds "
+                               "notes.txt, checkpoints/keep.bin; move those away or choose another --output")
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # nothing deleted
+    (run / "notes.txt").unlink()
+    (run / "checkpoints" / "keep.bin").unlink()
+    assert main(["train", "--config", str(config), "--output", "run", "--overwrite"]) == 0  # all of it ours: replaced
+    assert [r["iteration"] for r in read_metrics(run)] == [0, 1]
+
+    other = workdir / "results"  # a folder that merely looks like a run: its metrics.jsonl is someone else's
+    other.mkdir()
+    (other / "metrics.jsonl").write_text('{"accuracy": 0.9}\n')
+    (other / "table.csv").write_text("a,b\n")
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "results", "--overwrite")
+    assert (code, line) == (2, f"error: --overwrite deletes only a run of agilerl-selfsft train, and {Path('results')} "
+                               "has no run config.json; delete the folder yourself or choose another --output")
+    assert sorted(p.name for p in other.iterdir()) == ["metrics.jsonl", "table.csv"]
+
+
+def test_a_second_trainer_on_the_same_output_is_refused_naming_the_first(workdir, tiny_model_dir, capsys):
+    import signal
+    import time
+
+    config = write_config(workdir, tiny_model_dir, reward="badrewards:waits_for_release")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HOLD_RUN": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", str(config),
+                              "--output", "run"], cwd=workdir, env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (workdir / "waiting").exists():  # the first trainer is scoring: it holds the run
+            assert first.poll() is None and time.monotonic() < deadline, "the first trainer did not start"
+            time.sleep(0.2)
+        for flags in (["--resume"], ["--overwrite"]):
+            code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run", *flags)
+            assert (code, line) == (2, f"error: run directory {Path('run')} is in use by another trainer (PID "
+                                       f"{first.pid}); wait for it to end, or stop it, before starting or resuming "
+                                       "a run there"), flags
+        assert (workdir / "run" / "config.json").is_file()  # --overwrite deleted nothing
+    finally:
+        first.send_signal(signal.SIGKILL)  # killed: the kernel drops its lock, the file stays
+        first.wait(timeout=60)
+    assert (workdir / "run" / ".selfsft.lock").read_text().strip() == str(first.pid)
+    assert main(["train", "--config", str(config), "--output", "run", "--resume"]) == 0
+    assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1]

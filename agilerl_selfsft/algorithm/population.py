@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.manifest import verify_checkpoint
 from agilerl_selfsft.models import resolve_device
 
 if TYPE_CHECKING:
@@ -57,17 +58,21 @@ class SharedBasePopulation:
         :param device: ``auto`` (CUDA when there is a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``
             (ignored with an accelerator: each process uses its own), defaults to ``"auto"``
         :type device: str, optional
-        :param resume_from_checkpoint: an AgileRL checkpoint loaded into agent 0 before cloning, defaults to None
+        :param resume_from_checkpoint: a SelfSFT checkpoint (one with ``selfsft.json``) loaded into agent 0
+            before cloning, adapters and optimizer; it is verified against its manifest (files, base model,
+            LoRA shape) before AgileRL unpickles its ``attributes.pt``, defaults to None
         :type resume_from_checkpoint: str, optional
         :return: the agents, with indices 0..size-1
         :rtype: list[SelfSFT]
+        :raises SelfSFTError: for a size below 1, or a checkpoint that does not pass :func:`verify_checkpoint`
         """
         if not isinstance(size, int) or size < 1:
             raise SelfSFTError(f"a population needs at least 1 agent, got {size!r}")
         device = str(resolve_device(device))
         first = cls(index=0, accelerator=accelerator, device=device, **kwargs)
         if resume_from_checkpoint is not None:
-            first.load_checkpoint(resume_from_checkpoint)
+            verify_checkpoint(resume_from_checkpoint, first)  # before attributes.pt is unpickled
+            first.load_checkpoint(str(resume_from_checkpoint))
             first.use_adapter("actor")
             first.index = 0
         return [first] + [first.clone(index=i) for i in range(1, size)]

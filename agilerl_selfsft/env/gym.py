@@ -16,7 +16,7 @@ from agilerl_selfsft.data.readers import as_conversations
 from agilerl_selfsft.data.tools import as_tool_text
 from agilerl_selfsft.distributed import shard_rows
 from agilerl_selfsft.env.buffer import ReplayBuffer
-from agilerl_selfsft.env.rewards import WeightedReward, resolve_reward, score
+from agilerl_selfsft.env.rewards import DEFAULT_TIMEOUT, WeightedReward, resolve_reward, score
 from agilerl_selfsft.env.selection import STRATEGIES, select
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.samples import Generations, Message, Scored, Task
@@ -106,6 +106,10 @@ class SelfSFTGym:
         :mod:`agilerl_selfsft.generation.agents`) that generates and scores the samples instead of one completion and
         ``reward``, defaults to None (single-turn completions)
     :type agent: Callable, optional
+    :param reward_timeout: seconds each call of a reward function may take before the run stops with an error
+        naming it (see :func:`~agilerl_selfsft.env.rewards.score`), defaults to 300 (None: no limit, and the
+        function runs in the calling thread)
+    :type reward_timeout: float, optional
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class SelfSFTGym:
         seed: int = 42,
         accelerator: Any | None = None,
         agent: Callable[..., Any] | None = None,
+        reward_timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         if (reward is None) == (agent is None):
             raise SelfSFTError("SelfSFTGym needs a reward, or an agent whose return value is the reward (not both)")
@@ -146,6 +151,9 @@ class SelfSFTGym:
                 raise SelfSFTError(f"{name} must be between 0 and 1, got {value}")
         if static_decay_iterations < 1:
             raise SelfSFTError(f"static_decay_iterations must be >= 1, got {static_decay_iterations}")
+        if reward_timeout is not None and not reward_timeout > 0:
+            raise SelfSFTError(f"reward_timeout must be a number of seconds above 0 (or None), got {reward_timeout}")
+        self.reward_timeout = reward_timeout
         self.static_data: list[list[Message]] = as_conversations(static_data) if static_data is not None else []
         if agent is not None or self.static_data:  # multi-turn learning needs a prefix-consistent template: now
             tokenize_conversation(tokenizer, [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
@@ -216,7 +224,7 @@ class SelfSFTGym:
             return []
         names = {name for t in flat_tasks for name in t.columns}
         columns = {name: [t.columns.get(name) for t in flat_tasks] for name in names}
-        rewards = score(self.rewards, [t.prompt for t in flat_tasks], completions, columns)
+        rewards = score(self.rewards, [t.prompt for t in flat_tasks], completions, columns, self.reward_timeout)
         return [
             Scored(t.id, [*t.messages, {"role": "assistant", "content": c}], c, r, f)
             for t, c, r, f in zip(flat_tasks, completions, rewards, finished, strict=True)

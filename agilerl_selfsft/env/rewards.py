@@ -7,6 +7,11 @@ list of the same length. Functions should accept ``**kwargs`` so unknown columns
 Built-ins (the names used in YAML): ``exact_match``, ``contains``, ``first_number``, ``format``. An answer
 may be a string or a list of accepted strings. Functions are resolved from these names or from an explicit
 ``package.module:function`` path only; model output is never executed.
+
+Each call of a reward function may take at most ``timeout`` seconds (:data:`DEFAULT_TIMEOUT`; the config's
+``reward_timeout``): the call then runs in a daemon thread, and one that has not returned in time ends the run
+with a :class:`SelfSFTError` naming the function (the thread is left behind, to end with the process). With
+no timeout (None) the function runs in the calling thread, as a function that sets signal handlers needs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +29,7 @@ from typing import Any
 from agilerl_selfsft.errors import SelfSFTError
 
 RewardFn = Callable[..., Sequence[float]]
+DEFAULT_TIMEOUT = 300.0  # seconds a reward function may take per call
 
 
 def _normalise(text: str) -> str:
@@ -156,13 +163,24 @@ def import_function(path: str, what: str = "reward") -> Callable[..., Any]:
 
 
 def score(
-    rewards: list[WeightedReward], prompts: list, completions: list[str], columns: dict[str, list]
+    rewards: list[WeightedReward], prompts: list, completions: list[str], columns: dict[str, list],
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> list[float]:
-    """The weighted total reward of each completion; a clear error names the function and first bad index."""
+    """The weighted total reward of each completion; a clear error names the function and first bad index.
+
+    :param rewards: the weighted reward functions
+    :param prompts: the prompt of each completion
+    :param completions: the completions to score
+    :param columns: the task's other columns, one value per completion
+    :param timeout: seconds each function call may take, defaults to :data:`DEFAULT_TIMEOUT` (None: no limit)
+    :raises SelfSFTError: for a function that raises, does not return in time, or returns the wrong values
+    """
     total = [0.0] * len(completions)
     for reward in rewards:
         try:
-            values = reward.fn(prompts, completions, **columns)
+            values = _call(reward, timeout, prompts, completions, **columns)
+        except _TimedOut:
+            raise
         except Exception as exc:  # noqa: BLE001 -- the user's function failed: name it, keep the cause short
             raise SelfSFTError(f"reward function {reward.name!r} raised {type(exc).__name__}: {exc}") from exc
         try:
@@ -181,3 +199,30 @@ def score(
                 raise SelfSFTError(f"reward function {reward.name!r} returned {float(v)} at index {i}")
             total[i] += reward.weight * float(v)
     return total
+
+
+class _TimedOut(SelfSFTError):
+    """A reward function that did not return within its time."""
+
+
+def _call(reward: WeightedReward, timeout: float | None, *args: Any, **kwargs: Any) -> Any:
+    """``reward.fn(*args, **kwargs)``, given at most ``timeout`` seconds (in a daemon thread) unless None."""
+    if timeout is None:
+        return reward.fn(*args, **kwargs)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["values"] = reward.fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread as it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"reward {reward.name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise _TimedOut(f"reward function {reward.name!r} did not return within {timeout:g} s (reward_timeout); "
+                           "make it faster or raise reward_timeout, then resume")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["values"]

@@ -2,7 +2,8 @@
 
 ``loop`` (``finetune_llm_selfsft``: the stages of an iteration, in order), ``evaluation`` (held-out reward,
 the fitness), ``checkpoints`` (versioned, verified checkpoints and the run state a resume restores),
-``report`` (``metrics.jsonl``, wandb, the results table and plot), ``faults`` (the resume tests' kill hook).
+``report`` (``metrics.jsonl``, wandb, the results table and plot), ``rundir`` (one trainer per run directory,
+and what ``--overwrite`` may delete), ``faults`` (the resume tests' kill hook).
 """
 
 from agilerl_selfsft.training.checkpoints import load_adapters, verify_checkpoint

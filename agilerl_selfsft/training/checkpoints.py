@@ -8,9 +8,11 @@ With several processes (an accelerator on the agent) every rank takes part in wr
 (DeepSpeed writes each rank's optimizer shard into the same folder, so the run directory must be shared),
 while the main process alone does the bookkeeping: the temporary folder, the manifest, the renames.
 
-Every checkpoint carries ``selfsft.json``: format version, iteration, base model, LoRA shape and the
-SHA-256 of every file. :func:`verify_checkpoint` checks it before anything is loaded, so a truncated,
-changed or mismatched checkpoint is a clear error rather than a crash inside a loader.
+Every checkpoint carries ``selfsft.json`` (:mod:`agilerl_selfsft.manifest`): format version, iteration,
+base model, LoRA shape and the SHA-256 of every file. :func:`verify_checkpoint` checks it before anything is
+loaded, so a truncated, changed, extended or mismatched checkpoint is a clear error rather than a crash inside
+a loader (or an unchecked file unpickled). A resume reads only ``checkpoints/latest`` that names an
+``iteration_NNNN`` folder of the run itself (:func:`latest_checkpoint`).
 
 **Run state.** A checkpoint of the loop also holds, next to the elite's AgileRL checkpoint,
 ``run_state.json`` (:func:`write_state`): the iteration, the environment's state
@@ -27,7 +29,6 @@ number say 1 and are read as they are: their layout is the same.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -43,13 +44,18 @@ from safetensors import SafetensorError
 
 from agilerl_selfsft.distributed import DataParallel
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.manifest import (  # noqa: F401  (MANIFEST, _sha256: also read from here)
+    FORMAT_VERSION,
+    MANIFEST,
+    read_versioned_json,
+    verify_checkpoint,
+    write_manifest,
+)
+from agilerl_selfsft.manifest import sha256 as _sha256  # noqa: F401
 from agilerl_selfsft.training.faults import crash_point
 
-MANIFEST = "selfsft.json"
 STATE_FILE = "run_state.json"
-FORMAT_VERSION = 2
-_OLDER_MANIFESTS = (1,)  # manifests from before one version covered the folder: the same layout
-_LORA_FIELDS = ("r", "lora_alpha", "target_modules")
+_ITERATION = re.compile(r"iteration_\d{4,}")
 
 
 def save_iteration(
@@ -113,17 +119,8 @@ def _write(
     if extra is not None:
         extra(tmp)  # every rank too (a population's checkpoints are collective); it writes files on the main one
     dp.barrier()
-    if not dp.is_main:
-        return
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "iteration": iteration,
-        "base_model": Path(str(agent.pretrained_model_name_or_path)).name,
-        "lora": _lora_summary(agent.lora_config),
-        **(info or {}),
-        "files": {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()},
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if dp.is_main:
+        write_manifest(tmp, agent, iteration, info)
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -132,35 +129,23 @@ def _prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(old)
 
 
-def verify_checkpoint(path: str | Path, agent: Any | None = None) -> dict[str, Any]:
-    """Check a checkpoint against its manifest (and, given an ``agent``, its base model and LoRA shape).
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``run_dir/checkpoints/latest`` names, or None when there is none.
 
-    :return: the manifest
-    :raises SelfSFTError: naming the first problem: not a checkpoint, a missing, truncated or changed
-        file, another base model, another LoRA shape
+    :raises SelfSFTError: when ``latest`` leads anywhere but to an ``iteration_NNNN`` folder of this run's
+        ``checkpoints/`` (a resume loads only the run's own checkpoints)
     """
-    path = Path(path)
-    manifest = read_versioned_json(path / MANIFEST, f"not a SelfSFT checkpoint: {path}", _OLDER_MANIFESTS)
-    for name, digest in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise SelfSFTError(f"checkpoint {path} is incomplete: {name} is missing")
-        if _sha256(file) != digest:
-            raise SelfSFTError(
-                f"checkpoint {path} is damaged: {name} does not match its manifest (truncated or changed)"
-            )
-    if agent is not None:
-        base = Path(str(agent.pretrained_model_name_or_path)).name
-        if manifest["base_model"] != base:
-            raise SelfSFTError(f"checkpoint {path} was trained from {manifest['base_model']!r}, not {base!r}")
-        ours = _lora_summary(agent.lora_config)
-        theirs = manifest["lora"]
-        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs config {ours[k]!r}" for k in ours if theirs.get(k) != ours[k]]
-        if diff:
-            raise SelfSFTError(
-                f"checkpoint {path} has another LoRA shape ({'; '.join(diff)}); set lora in the config to match"
-            )
-    return manifest
+    root = Path(run_dir) / "checkpoints"
+    latest = root / "latest"
+    if not latest.is_symlink() and not latest.exists():
+        return None
+    target = latest.resolve()
+    own = latest.is_symlink() and target.parent == root.resolve() and _ITERATION.fullmatch(target.name)
+    if not own or target.is_symlink() or not target.is_dir():
+        shown = os.readlink(latest) if latest.is_symlink() else "a folder, not a link"
+        raise SelfSFTError(f"cannot resume from {run_dir}: checkpoints/latest leads to {shown}, "
+                           "not to an iteration_NNNN folder of this run's checkpoints/")
+    return target
 
 
 def load_adapters(agent: Any, path: str | Path) -> dict[str, Any]:
@@ -205,22 +190,6 @@ def write_state(folder: Path, iteration: int, env: Any, pop: list[Any], mutation
     (folder / STATE_FILE).write_text(json.dumps(state))
 
 
-def read_versioned_json(path: Path, what: str, older: tuple[int, ...] = ()) -> dict[str, Any]:
-    """A JSON file of :data:`FORMAT_VERSION` (or one of the ``older`` versions that read the same);
-    a :class:`SelfSFTError` that starts with ``what`` otherwise."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SelfSFTError(f"{what}: {path.name} is missing") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfSFTError(f"{what}: {path.name} is unreadable ({exc})") from None
-    if data.get("format_version") not in (FORMAT_VERSION, *older):
-        raise SelfSFTError(
-            f"{what}: {path.name} has format {data.get('format_version')!r}; this version reads {FORMAT_VERSION}"
-        )
-    return data
-
-
 def read_state(folder: Path) -> dict[str, Any]:
     """Read and check ``run_state.json`` of a checkpoint folder."""
     return read_versioned_json(folder / STATE_FILE, f"cannot resume from {folder}")
@@ -254,20 +223,3 @@ def restore(folder: Path, env: Any, pop: list[Any], mutation: Any | None = None)
 def _numpy_global_state() -> list[Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
-def _lora_summary(config: Any) -> dict[str, Any]:
-    targets = config.target_modules
-    return {
-        "r": config.r,
-        "lora_alpha": config.lora_alpha,
-        "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
-    }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -10,9 +10,12 @@ learning in :class:`~agilerl_selfsft.algorithm.selfsft.SelfSFT`, evaluation in
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +29,37 @@ from agilerl_selfsft.env.gym import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation.collect import sample_scored
 from agilerl_selfsft.samples import Generations, Scored, Task
-from agilerl_selfsft.training.checkpoints import restore, save_iteration, write_state
+from agilerl_selfsft.training.checkpoints import latest_checkpoint, restore, save_iteration, write_state
 from agilerl_selfsft.training.evaluation import evaluate, info_means
 from agilerl_selfsft.training.faults import crash_point
 from agilerl_selfsft.training.report import RunLog, open_wandb, read_metrics
+from agilerl_selfsft.training.rundir import run_lock
 
 log = logging.getLogger("agilerl_selfsft")
 EMPTY_HINT = "lower selection.threshold, raise num_generations or temperature, or check the reward"
 
 
+def _one_trainer_per_run_dir(loop: Callable[..., Any]) -> Callable[..., Any]:
+    """Hold the run directory's lock (:func:`~agilerl_selfsft.training.rundir.run_lock`) while ``loop`` runs.
+
+    A second trainer on the same ``checkpoint_path`` (or a resume while this run goes) is a
+    :class:`SelfSFTError` naming this process's PID. Only the main process of a launch takes the lock.
+    """
+    signature = inspect.signature(loop)
+
+    @functools.wraps(loop)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        call = signature.bind(*args, **kwargs)
+        run_dir, pop = call.arguments.get("checkpoint_path"), call.arguments["pop"]
+        accelerator = call.arguments.get("accelerator") or (getattr(pop[0], "accelerator", None) if pop else None)
+        main = accelerator is None or accelerator.is_main_process
+        with run_lock(run_dir) if run_dir is not None and main else nullcontext():
+            return loop(*args, **kwargs)
+
+    return locked
+
+
+@_one_trainer_per_run_dir
 def finetune_llm_selfsft(
     pop: list[SelfSFT],
     env: SelfSFTGym,
@@ -95,8 +120,9 @@ def finetune_llm_selfsft(
     :param tournament: AgileRL ``TournamentSelection``, defaults to None (no evolution)
     :param mutation: AgileRL ``Mutations``, defaults to None
     :param save_elite: checkpoint the best agent every iteration (needs ``checkpoint_path``), defaults to True
-    :param checkpoint_path: the run directory: ``metrics.jsonl`` and ``checkpoints/`` go there, defaults
-        to None (nothing written)
+    :param checkpoint_path: the run directory: ``metrics.jsonl`` and ``checkpoints/`` go there, held under an
+        exclusive lock while the run goes (:func:`~agilerl_selfsft.training.rundir.run_lock`: another trainer
+        there is a :class:`SelfSFTError` naming its PID), defaults to None (nothing written)
     :param keep_checkpoints: iterations whose checkpoints are kept, defaults to 3
     :param wb: log to Weights & Biases, defaults to False
     :param wandb_api_key: key for ``wandb.login``, defaults to None
@@ -105,7 +131,7 @@ def finetune_llm_selfsft(
     :param stop_after_empty: stop with a :class:`SelfSFTError` when no sample passes the selection for
         this many iterations in a row (finished iterations stay checkpointed), defaults to None (keep going)
     :param eval_temperature: temperature of the held-out samples (the fitness), defaults to None (the first
-        agent's temperature at the start)
+        agent's ``sampling_temperature`` at the start); 0 samples greedily
     :param resume: continue the run in ``checkpoint_path`` from its last complete iteration (adapters,
         optimizer, environment and random state, metrics); with no complete iteration there, start afresh.
         The result equals that of an uninterrupted run with the same seed. Defaults to False
@@ -118,7 +144,7 @@ def finetune_llm_selfsft(
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
     _check_population(pop, tournament, mutation)
-    eval_temperature = eval_temperature or pop[0].temperature
+    eval_temperature = pop[0].sampling_temperature if eval_temperature is None else eval_temperature
     dp = check_launch(pop, accelerator if accelerator is not None else pop[0].accelerator)
     verbose = verbose and dp.is_main
     if dp.enabled and getattr(env, "accelerator", None) is None:
@@ -181,11 +207,11 @@ def _resume(
 ) -> tuple[int, list[dict[str, Any]]]:
     """The last complete iteration in ``run_dir`` (agents, env and random state restored) and its metrics rows;
     ``(-1, [])`` when there is none."""
-    latest = run_dir / "checkpoints" / "latest" if run_dir is not None else None
-    if latest is None or not latest.exists():
+    latest = latest_checkpoint(run_dir) if run_dir is not None else None  # only the run's own checkpoints
+    if latest is None:
         return -1, []
-    done = restore(latest.resolve(), env, pop, mutation)
-    _info(verbose, "[SelfSFT] Resuming after iteration %d from %s", done, latest.resolve())
+    done = restore(latest, env, pop, mutation)
+    _info(verbose, "[SelfSFT] Resuming after iteration %d from %s", done, latest)
     return done, [row for row in read_metrics(run_dir) if row["iteration"] <= done]
 
 
@@ -195,7 +221,7 @@ def _generate(
     """1-2. Sample K completions (with an agent: K multi-turn conversations) per prompt and score them."""
     what = "agent conversations" if getattr(env, "agent", None) is not None else "completions"
     _info(verbose, "%s [Stage 1] Sampling %d %s for each of %d prompts (T=%.2f)...",
-          who, agent.num_generations, what, len(tasks), agent.temperature)
+          who, agent.num_generations, what, len(tasks), agent.sampling_temperature)
     scored, generations = sample_scored(agent, env, tasks)  # each process its share, gathered
     crash_point("generate", iteration)
     _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens,
@@ -287,7 +313,7 @@ def _member_row(
 def _hp(agent: SelfSFT) -> dict[str, Any]:
     return {
         "agent": agent.index, "parent": getattr(agent, "_cloned_from", None), "mutation": getattr(agent, "mut", None),
-        "lr": agent.lr, "temperature": agent.temperature, "num_generations": agent.num_generations,
+        "lr": agent.lr, "temperature": agent.sampling_temperature, "num_generations": agent.num_generations,
         "kl_coef": agent.kl_coef, "batch_size": agent.batch_size,
         "selection_threshold": agent.selection_threshold, "selection_top_fraction": agent.selection_top_fraction,
     }
@@ -316,7 +342,7 @@ def _check_population(pop: list[SelfSFT], tournament: Any, mutation: Any) -> Non
         raise SelfSFTError(f"LLM agents only take rl_hp mutations: set {settings} in Mutations")
     if mutation.rl_hp_mut and not any(a.registry.hp_config for a in pop):
         raise SelfSFTError(
-            "Mutations(rl_hp>0) needs an hp_config on the agents naming what to mutate (e.g. lr, temperature)"
+            "Mutations(rl_hp>0) needs an hp_config on the agents naming what to mutate (e.g. lr, sampling_temperature)"
         )
 
 

@@ -93,7 +93,7 @@ def test_tournament_clones_winner_adapters_and_optimizer_and_keeps_sharing(token
 def test_rl_hp_mutations_reach_every_selfsft_knob(tokenizer, tiny_model_factory):
     hp = HyperparameterConfig(
         lr=RLParameter(min=1e-5, max=1e-2),
-        temperature=RLParameter(min=0.3, max=1.5),
+        sampling_temperature=RLParameter(min=0.3, max=1.5),
         num_generations=RLParameter(min=1, max=8, dtype=int),
         batch_size=RLParameter(min=1, max=8, dtype=int),
         kl_coef=RLParameter(min=0.0, max=1.0),
@@ -113,10 +113,10 @@ def test_rl_hp_mutations_reach_every_selfsft_knob(tokenizer, tiny_model_factory)
         for agent in pop:
             assert agent.optimizer.optimizer.param_groups[0]["lr"] == pytest.approx(agent.lr)
             assert agent.micro_batch_size_per_gpu == agent.batch_size
-            assert 1 <= agent.num_generations <= 8 and 0.3 <= agent.temperature <= 1.5
+            assert 1 <= agent.num_generations <= 8 and 0.3 <= agent.sampling_temperature <= 1.5
     assert seen == set(hp.config)
     # members drifted apart: each mutates from its own current value
-    assert pop[0].lr != pop[1].lr or pop[0].temperature != pop[1].temperature
+    assert pop[0].lr != pop[1].lr or pop[0].sampling_temperature != pop[1].sampling_temperature
     # a mutated K and batch size are used at the next call
     agent = pop[0]
     agent.num_generations = 3
@@ -127,3 +127,44 @@ def test_mutating_an_unset_selection_knob_is_a_clear_error(tokenizer, tiny_model
     hp = HyperparameterConfig(selection_threshold=RLParameter(min=0.1, max=1.0))
     with pytest.raises(SelfSFTError, match="selection_threshold=<start value>"):
         SelfSFT(**_kwargs(tokenizer, tiny_model_factory(), hp_config=hp))
+
+
+class _Payload:
+    """Unpickling this makes a folder: proof that a file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_population_resume_verifies_the_checkpoint_before_anything_is_unpickled(tokenizer, tiny_model_factory,
+                                                                                   tmp_path):
+    from agilerl_selfsft.training.checkpoints import save_iteration
+
+    trained = SelfSFT(**_kwargs(tokenizer, tiny_model_factory()))
+    _train(trained, tokenizer)
+    good = save_iteration(trained, tmp_path / "run", 1)
+    pop = SelfSFT.population(2, resume_from_checkpoint=str(good), **_kwargs(tokenizer, tiny_model_factory()))
+    for agent in pop:  # a verified checkpoint loads: adapters and optimizer state
+        assert all(torch.equal(lora_params(agent)[n], lora_params(trained)[n]) for n in lora_params(trained))
+    assert len(pop[0].optimizer.optimizer.state) > 0
+
+    marker = tmp_path / "code-ran"
+    torch.save({"payload": _Payload(marker)}, good / "attributes.pt")  # swapped in after the manifest was written
+    with pytest.raises(SelfSFTError, match=r"is damaged: attributes.pt does not match its manifest"):
+        SelfSFT.population(2, resume_from_checkpoint=str(good), **_kwargs(tokenizer, tiny_model_factory()))
+    assert not marker.exists()
+
+    plain = tmp_path / "plain"  # AgileRL's own checkpoint: no manifest to check it against
+    trained.save_checkpoint(str(plain))
+    torch.save({"payload": _Payload(marker)}, plain / "attributes.pt")
+    with pytest.raises(SelfSFTError, match=r"not a SelfSFT checkpoint: .*selfsft.json is missing"):
+        SelfSFT.population(1, resume_from_checkpoint=str(plain), **_kwargs(tokenizer, tiny_model_factory()))
+    assert not marker.exists()
+    with pytest.raises(SelfSFTError, match=r"was trained from another base model"):  # and the base is checked
+        SelfSFT.population(1, resume_from_checkpoint=str(save_iteration(trained, tmp_path / "run2", 1)),
+                           **_kwargs(tokenizer, tiny_model_factory(seed=1)))

@@ -252,3 +252,29 @@ def test_score_passes_prompts_completions_and_columns():
     score(resolve_reward(spy), ["p1", "p2"], ["c1", "c2"], {"answer": ["a1", "a2"], "level": [1, 2]})
     assert seen == {"prompts": ["p1", "p2"], "completions": ["c1", "c2"],
                     "columns": {"answer": ["a1", "a2"], "level": [1, 2]}}
+
+
+# ---- a reward that hangs ----
+def test_a_reward_that_hangs_is_stopped_after_its_timeout_with_its_name():
+    import threading
+    import time
+
+    def hangs(prompts, completions, **kw):
+        time.sleep(30)
+        return [1.0] * len(completions)
+
+    def works(prompts, completions, **kw):
+        return [float(threading.current_thread() is threading.main_thread())] * len(completions)
+
+    started = time.monotonic()
+    with pytest.raises(SelfSFTError, match=r"^reward function 'hangs' did not return within 0.2 s \(reward_timeout\)"):
+        score(resolve_reward([works, hangs]), ["q"], ["a"], {}, timeout=0.2)
+    assert time.monotonic() - started < 10  # it did not wait for the function
+    assert score(resolve_reward(works), ["q"], ["a"], {}, timeout=5) == [0.0]  # in a worker thread
+    assert score(resolve_reward(works), ["q"], ["a"], {}, timeout=None) == [1.0]  # no limit: in this thread
+
+    def raises(prompts, completions, **kw):
+        raise RuntimeError("checker crashed")
+
+    with pytest.raises(SelfSFTError, match=r"^reward function 'raises' raised RuntimeError: checker crashed$"):
+        score(resolve_reward(raises), ["q"], ["a"], {}, timeout=5)  # errors read the same under a timeout

@@ -10,7 +10,7 @@ from conftest import CHATS
 from peft import PeftModel
 
 from agilerl_selfsft.data.chat import collate
-from agilerl_selfsft.training.checkpoints import FORMAT_VERSION, MANIFEST, save_iteration
+from agilerl_selfsft.training.checkpoints import FORMAT_VERSION, MANIFEST, _sha256, save_iteration
 
 
 
@@ -124,3 +124,82 @@ def test_another_lora_shape_is_refused_with_the_fields(tiny_agent, make_agent, t
     other = make_agent(lora_config=LoraConfig(r=8, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     with pytest.raises(SelfSFTError, match=r"another LoRA shape \(r: checkpoint 4 vs config 8\)"):
         load_adapters(other, path)
+
+
+# ---- the manifest covers the folder, and only the folder ----
+def _relist(path, files):
+    """Rewrite a checkpoint's manifest with ``files`` as its list (what someone editing the folder could do)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    (path / MANIFEST).write_text(json.dumps({**manifest, "files": files}))
+
+
+def test_manifest_names_that_lead_out_of_the_checkpoint_are_refused(tiny_agent, tmp_path):
+    path = save_iteration(tiny_agent, tmp_path / "run", 1)
+    listed = json.loads((path / MANIFEST).read_text())["files"]
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"not part of the checkpoint")
+    digest = _sha256(outside)
+    for name in ("../../../outside.bin", str(outside)):  # relative escape, absolute path: both hash correctly
+        _relist(path, {**listed, name: digest})
+        with pytest.raises(SelfSFTError, match=r"has a manifest entry outside the checkpoint folder: '.*outside.bin'"):
+            verify_checkpoint(path)
+    # a listed file that is a link to a file elsewhere (same bytes, so its hash matches)
+    _relist(path, listed)
+    config = path / "actor" / "adapter_config.json"
+    copy = tmp_path / "adapter_config.json"
+    copy.write_bytes(config.read_bytes())
+    config.unlink()
+    config.symlink_to(copy)
+    with pytest.raises(SelfSFTError, match=r"outside the checkpoint folder: 'actor/adapter_config.json'"):
+        verify_checkpoint(path)
+
+
+def test_files_the_manifest_does_not_list_are_refused(tiny_agent, tmp_path):
+    path = save_iteration(tiny_agent, tmp_path, 1)
+    listed = json.loads((path / MANIFEST).read_text())["files"]
+    extra = path / "actor" / "adapter_model.bin"  # what a loader could pick up besides the listed safetensors
+    extra.write_bytes(b"\x80\x04unchecked pickle")
+    with pytest.raises(SelfSFTError, match=r"holds files its manifest does not list: actor/adapter_model.bin "
+                                           r"\(they would be loaded unchecked; remove them\)"):
+        verify_checkpoint(path)
+    extra.unlink()
+    verify_checkpoint(path)
+    _relist(path, {k: v for k, v in listed.items() if k != "attributes.pt"})  # there, but no longer listed
+    with pytest.raises(SelfSFTError, match=r"does not list: attributes.pt"):
+        verify_checkpoint(path)
+
+
+def test_two_bases_of_one_config_are_told_apart_by_their_weights(make_agent, tiny_model_factory, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from agilerl_selfsft.manifest import base_identity
+
+    trained = make_agent(seed=0)
+    path = save_iteration(trained, tmp_path, 1)
+    same, other = make_agent(seed=0), make_agent(seed=1)  # both built from a config: no folder name at all
+    assert trained.pretrained_model_name_or_path == other.pretrained_model_name_or_path
+    verify_checkpoint(path, same)
+    with pytest.raises(SelfSFTError, match=r"was trained from another base model than the agent's \(same architecture, "
+                                           r"other weights\)"):
+        verify_checkpoint(path, other)
+    wider = tiny_model_factory(0).config
+    wider.intermediate_size = 128
+    with pytest.raises(SelfSFTError, match=r"\(intermediate_size: checkpoint 64 vs model 128\)"):
+        verify_checkpoint(path, make_agent(model=LlamaForCausalLM(wider)))
+    # the same weights in another dtype are the same base; a moved (renamed) model folder too
+    assert base_identity(tiny_model_factory(0)) == base_identity(tiny_model_factory(0).to(torch.bfloat16))
+
+    def renamed():
+        model = tiny_model_factory(0)
+        model.name_or_path = model.config._name_or_path = "/models/renamed"
+        return make_agent(model=model)
+
+    assert renamed().pretrained_model_name_or_path == "/models/renamed"
+    verify_checkpoint(path, renamed())
+    # a manifest from before the field existed is checked by the folder name, as it was
+    manifest = json.loads((path / MANIFEST).read_text())
+    del manifest["base_identity"]
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    verify_checkpoint(path, other)
+    with pytest.raises(SelfSFTError, match=r"was trained from '', not 'renamed'"):
+        verify_checkpoint(path, renamed())

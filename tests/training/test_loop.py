@@ -282,3 +282,32 @@ def test_a_resumed_run_draws_the_same_static_conversations(make_agent, tokenizer
     rest, rows = run(tmp_path / "split", 2, resume=True)
     assert first + rest == whole and len(whole) == 4  # 2 prompts x share 1.0, twice: one pass of 3, then more
     assert rows == whole_rows  # (the resumed history starts with the rows of the first run)
+
+
+def test_resume_follows_latest_only_into_the_runs_own_checkpoints(make_agent, tokenizer, tmp_path):
+    import os
+
+    other = tmp_path / "other-run"  # a complete, valid run somewhere else
+    finetune_llm_selfsft([make_agent()], make_env(tokenizer, even_length), iterations=1, prompts_per_iteration=2,
+                         eval_samples=1, checkpoint_path=other, verbose=False)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for target in (other / "checkpoints" / "iteration_0001", "../../other-run/checkpoints/iteration_0001"):
+        latest = run / "checkpoints" / "latest"
+        if latest.is_symlink():
+            latest.unlink()
+        latest.symlink_to(target, target_is_directory=True)
+        with pytest.raises(SelfSFTError, match=r"cannot resume from .*run: checkpoints/latest leads to "
+                                               r".*other-run/checkpoints/iteration_0001, not to an iteration_NNNN "
+                                               r"folder of this run's checkpoints/"):
+            finetune_llm_selfsft([make_agent()], make_env(tokenizer, even_length), iterations=2,
+                                 prompts_per_iteration=2, eval_samples=1, checkpoint_path=run, verbose=False,
+                                 resume=True)
+    os.replace(other / "checkpoints" / "iteration_0001", run / "checkpoints" / "iteration_0001")
+    latest.unlink()
+    latest.symlink_to("iteration_0001", target_is_directory=True)  # the run's own: resumed
+    (run / "metrics.jsonl").write_text((other / "metrics.jsonl").read_text())
+    _, history = finetune_llm_selfsft([make_agent()], make_env(tokenizer, even_length), iterations=2,
+                                      prompts_per_iteration=2, eval_samples=1, checkpoint_path=run, verbose=False,
+                                      resume=True)
+    assert [r["iteration"] for r in history] == [0, 1, 2]
