@@ -82,7 +82,7 @@ def main() -> None:
         pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model, tokenizer=tokenizer,
         lora_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM",
                                lora_dropout=0.0),
-        lr=args.lr, batch_size=args.batch_size, num_generations=args.num_generations, temperature=args.temperature,
+        lr=args.lr, batch_size=args.batch_size, num_generations=args.num_generations, sampling_temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, gradient_checkpointing=False, seed=args.seed,
     )
     env = SelfSFTGym(train_tasks(), eval_tasks()[: args.eval_countries], tokenizer, agent=capital_agent, selection=args.selection,

@@ -155,7 +155,7 @@ def run_chain(s: Settings, run_dir: str | Path, log: Callable[[str], None] = pri
     model, tokenizer = load_model(MODEL, dtype=torch.float32)
     agent = SelfSFT(pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
                     tokenizer=tokenizer, lora_config=lora(s), lr=s.sft_lr, batch_size=s.sft_batch_size,
-                    num_generations=s.num_generations, temperature=s.temperature, max_new_tokens=s.max_new_tokens,
+                    num_generations=s.num_generations, sampling_temperature=s.temperature, max_new_tokens=s.max_new_tokens,
                     kl_coef=s.kl_coef, seed=s.seed, gradient_checkpointing=False)
     env = SelfSFTGym(train, held_out, tokenizer, "contains", data_batch_size_per_gpu=s.sft_batch_size,
                      threshold=1.0, replay_capacity=128, replay_ratio=1.0, seed=s.seed)

@@ -307,22 +307,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if tokenizer(text, add_special_tokens=False)["input_ids"] != d["input_ids"][0].tolist():
             raise RuntimeError(f"the two paths render different prompt tokens for {text!r}")
 
-    shared = {"pad_token_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token, "temperature": TEMPERATURE,
+    shared = {"pad_token_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token,
               "top_p": 1.0, "top_k": 0, "use_vllm": False, "device": device, "seed": args.seed}
     ours = SelfSFT(actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
                    num_generations=args.k, max_new_tokens=args.max_new_tokens, generation_batch_size=args.batch_rows,
-                   **shared)
+                   sampling_temperature=TEMPERATURE, **shared)
     engines = {}
     for name in VLLM_METHODS:
         if name in args.methods:
             engines[name] = SelfSFT(actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
                                     num_generations=args.k, max_new_tokens=args.max_new_tokens, generation_engine="vllm",
                                     vllm_config={"enforce_eager": name == "vllm", "gpu_memory_utilization": 0.2},
-                                    max_model_len=2048, **shared)
+                                    max_model_len=2048, sampling_temperature=TEMPERATURE, **shared)
     grpo = None
     if "grpo" in args.methods:
         grpo = GRPO(actor_network=copy.deepcopy(model), lora_config=lora_config(), group_size=args.k,
-                    max_output_tokens=args.max_new_tokens, **shared)
+                    max_output_tokens=args.max_new_tokens, temperature=TEMPERATURE, **shared)
         grpo.generation_config.eos_token_id = list(stop_ids)  # GRPO sets no eos of its own: give it ours
     log("ceiling: the bare model's decode step at fixed row counts")
     ceiling_rows = sorted({r for r in (1, 16, 64, 128, 256) if r <= max(args.batch_rows, args.prompts * args.k)}

@@ -101,7 +101,7 @@ def selfsft_agent(s: Settings, seed: int) -> tuple[SelfSFT, Any]:
     model, tokenizer = load_model(MODEL, dtype=torch.float32)
     agent = SelfSFT(pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
                     tokenizer=tokenizer, lora_config=lora(s), lr=s.lr, batch_size=s.sft_batch_size,
-                    num_generations=s.num_generations, temperature=s.temperature, max_new_tokens=s.max_new_tokens,
+                    num_generations=s.num_generations, sampling_temperature=s.temperature, max_new_tokens=s.max_new_tokens,
                     seed=seed, gradient_checkpointing=False)
     return agent, tokenizer
 

@@ -48,7 +48,7 @@ def member(size: int, clone: str, threads: int) -> dict:
         size, pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
         tokenizer=tokenizer, lora_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
         lr=2e-4, batch_size=8, num_generations=4, max_new_tokens=24, gradient_checkpointing=False,
-        hp_config=HyperparameterConfig(lr=RLParameter(min=1e-5, max=1e-3), temperature=RLParameter(min=0.5, max=1.2)),
+        hp_config=HyperparameterConfig(lr=RLParameter(min=1e-5, max=1e-3), sampling_temperature=RLParameter(min=0.5, max=1.2)),
     )
     built = peak_rss_mib()
     env = SelfSFTGym(load_tasks(CAPITALS_DIR / "train.jsonl"), load_tasks(CAPITALS_DIR / "eval.jsonl")[:8], tokenizer,

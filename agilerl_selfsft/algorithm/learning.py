@@ -5,11 +5,13 @@
 ``micro_batch_size_per_gpu`` rows), each with the mean loss over its labelled tokens, one backward pass (and,
 without DeepSpeed, one optimizer step, through AgileRL's ``_backward_pass``) per micro-batch. What changes is
 how a micro-batch goes through the model: in length buckets (:mod:`agilerl_selfsft.algorithm.batching`), with logits
-only where a label is read.
+only where a label is read. Its housekeeping is SFT's too: every call starts by collecting garbage and emptying the
+CUDA (and MPS) allocator caches, as ``SFT.learn`` does.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any
 
@@ -57,6 +59,7 @@ class BucketedLearning:
             computed positions that were padding
         :rtype: dict[str, float]
         """
+        release_cached_memory()
         input_ids = experiences["input_ids"]
         attention_mask = experiences["attention_mask"].long()
         mask = experiences.get("loss_mask")
@@ -185,3 +188,12 @@ class BucketedLearning:
         picked = hidden[:, :-1, :][keep]
         with gather_if_ds_param(lm_head.weight, lm_head.bias):
             return F.linear(picked, lm_head.weight, lm_head.bias).float()
+
+
+def release_cached_memory() -> None:
+    """What ``SFT.learn`` does first: collect garbage (reference cycles a released batch or model leaves), then
+    hand the CUDA allocator's unused cached blocks back (a no-op without CUDA), and MPS's where MPS is present."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():
+        torch.mps.empty_cache()

@@ -12,10 +12,12 @@ from transformers import PreTrainedTokenizerBase
 
 from agilerl_selfsft.algorithm.learning import BucketedLearning
 from agilerl_selfsft.algorithm.population import SharedBasePopulation
+from agilerl_selfsft.algorithm.sampling_settings import check_sampling_call, check_sampling_settings
 from agilerl_selfsft.data.chat import render_prompt, turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation.decode import Sampling
 from agilerl_selfsft.generation.engine import Engine, HFEngine, engine_name
+from agilerl_selfsft.generation.folding import check_fold_lora
 from agilerl_selfsft.generation.vllm_engine import VLLMEngine
 from agilerl_selfsft.samples import Generations, Message
 
@@ -34,8 +36,9 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     ``finetune_llm_sft`` on an ``SFTGym`` — that adds what a self-training loop needs:
 
     - :meth:`generate` / :meth:`sample`: K completions per prompt, batched across prompts. Sampling settings
-      (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``num_generations``) are plain attributes,
-      read at every call, so AgileRL mutations take effect on the next call. The engine
+      (``sampling_temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``num_generations``) are plain
+      attributes, checked and read at every call, so AgileRL mutations take effect on the next call. (SFT's own
+      ``temperature`` attribute keeps SFT's value, 0, and is not used for sampling.) The engine
       (:mod:`agilerl_selfsft.generation.engine`) is ``generation_engine``: ``hf``, our decode loop on the
       policy's model, or ``vllm``, one vLLM engine shared by the population that is given the merged weights
       once per change.
@@ -49,7 +52,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
       ``TournamentSelection``) copy only the LoRA adapters and the optimizer state; every member's base
       weights are the same tensors. (Under DeepSpeed ZeRO-3 or with a quantised base, AgileRL's full copy is
       used instead.)
-    - mutable self-training knobs: ``lr``, ``temperature``, ``num_generations``, ``kl_coef``,
+    - mutable self-training knobs: ``lr``, ``sampling_temperature``, ``num_generations``, ``kl_coef``,
       ``batch_size``, ``selection_threshold`` and ``selection_top_fraction`` can all be named in
       ``hp_config``; a mutation takes effect at the next iteration (a mutation hook keeps them valid and
       keeps the micro-batch size in step with ``batch_size``).
@@ -71,18 +74,23 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     :param tokenizer: tokenizer of the model, used by :meth:`generate`, defaults to None (generation
         then raises)
     :type tokenizer: PreTrainedTokenizerBase, optional
-    :param num_generations: K, completions sampled per prompt, defaults to 4
+    :param num_generations: K, completions sampled per prompt, >= 1, defaults to 4
     :type num_generations: int, optional
-    :param temperature: sampling temperature, defaults to 0.8
-    :type temperature: float, optional
-    :param top_p: nucleus sampling mass, defaults to 1.0
+    :param sampling_temperature: sampling temperature, >= 0 (0 = greedy), defaults to 0.8
+    :type sampling_temperature: float, optional
+    :param top_p: nucleus sampling mass, in (0, 1], defaults to 1.0
     :type top_p: float, optional
-    :param top_k: top-k sampling (0 = off), defaults to 0
+    :param top_k: top-k sampling, >= 0 (0 = off), defaults to 0
     :type top_k: int, optional
-    :param max_new_tokens: longest completion, defaults to 64
+    :param max_new_tokens: longest completion, >= 1, defaults to 64
     :type max_new_tokens: int, optional
-    :param generation_batch_size: most rows (prompts × K) decoded together, defaults to 128
+    :param generation_batch_size: most rows (prompts × K) decoded together, >= 1, defaults to 128
     :type generation_batch_size: int, optional
+    :param fold_lora: on the ``hf`` engine, fold the LoRA adapters into a copy of their base weights for each
+        sampling call (faster decoding, but a copy of every targeted weight: about the model's size for an
+        all-linear adapter); ``"auto"`` folds only when the copies need under half of the free memory (see
+        :mod:`agilerl_selfsft.generation.folding`), defaults to ``"auto"``
+    :type fold_lora: bool | str, optional
     :param kl_coef: weight of the KL(actor ‖ reference) penalty in :meth:`learn`, defaults to 0.0
     :type kl_coef: float, optional
     :param generation_engine: ``hf``, ``vllm`` or ``auto`` (vLLM when it is installed), defaults to ``hf``
@@ -147,7 +155,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         lora_target_scope: str | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
         num_generations: int = 4,
-        temperature: float = 0.8,
+        sampling_temperature: float = 0.8,
         top_p: float = 1.0,
         top_k: int = 0,
         max_new_tokens: int = 64,
@@ -160,7 +168,19 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         selection_threshold: float | None = None,
         selection_top_fraction: float | None = None,
         micro_batch_tokens: int | None = None,
+        fold_lora: bool | str = "auto",
     ) -> None:
+        check_sampling_settings(num_generations=num_generations, sampling_temperature=sampling_temperature,
+                                top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                                generation_batch_size=generation_batch_size)
+        check_fold_lora(fold_lora)
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        if micro_batch_tokens is not None and micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens must be >= 1 or None, got {micro_batch_tokens}")
+        if hp_config is not None and "temperature" in hp_config:
+            raise SelfSFTError("hp_config mutates temperature, SFT's attribute, which sampling does not read: "
+                               "name sampling_temperature instead")
         if not clone:
             # LoRA's A matrices are drawn from torch's global RNG, which is seeded at random per process:
             # seed it so the same seed gives the same adapters (and a resumed run equals an uninterrupted one).
@@ -198,21 +218,16 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
             activation_offload=activation_offload,
             lora_target_scope=lora_target_scope,
         )
-        if num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
-        if kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-        if micro_batch_tokens is not None and micro_batch_tokens < 1:
-            raise ValueError(f"micro_batch_tokens must be >= 1 or None, got {micro_batch_tokens}")
         # The tokenizer is kept private: AgileRL persists every public attribute in attributes.pt and would
         # pickle it; clone() re-attaches it instead.
         self._tokenizer = tokenizer
         self.num_generations = num_generations
-        self.temperature = temperature  # SFT.__init__ set 0; sampling needs ours
+        self.sampling_temperature = sampling_temperature  # SFT's own temperature keeps SFT's value (0)
         self.top_p = top_p
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
         self.generation_batch_size = generation_batch_size
+        self.fold_lora = fold_lora
         self.kl_coef = kl_coef
         self.max_model_len = max_model_len
         self.selection_threshold = selection_threshold
@@ -242,7 +257,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         next mutation starts from the agent's own value."""
         self.num_generations = max(1, int(self.num_generations))
         self.batch_size = max(1, int(self.batch_size))
-        self.temperature = max(float(self.temperature), 1e-3)
+        self.sampling_temperature = max(float(self.sampling_temperature), 0.0)
         self.kl_coef = max(float(self.kl_coef), 0.0)
         if self.selection_top_fraction is not None:
             self.selection_top_fraction = min(max(float(self.selection_top_fraction), 1e-3), 1.0)
@@ -284,7 +299,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
 
         :param prompts: user prompts (strings) or chats (lists of messages) to answer
         :type prompts: list[str | list[dict]]
-        :param num_generations: K, defaults to None (the attribute)
+        :param num_generations: K, >= 1, defaults to None (the attribute)
         :type num_generations: int, optional
         :return: ``completions[i][k]``, the k-th completion of prompt i
         :rtype: list[list[str]]
@@ -301,14 +316,21 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     ) -> Generations:
         """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each.
 
-        ``temperature`` overrides :attr:`temperature` for this call (evaluation samples every agent alike).
-        ``tools`` gives, per prompt, the tool schemas a chat template that supports tools renders (see
-        :mod:`agilerl_selfsft.generation.agents`), defaults to None (none).
+        ``temperature`` overrides :attr:`sampling_temperature` for this call (evaluation samples every agent
+        alike); 0 decodes greedily. ``tools`` gives, per prompt, the tool schemas a chat template that supports
+        tools renders (see :mod:`agilerl_selfsft.generation.agents`), defaults to None (none). The sampling
+        settings and overrides are checked first (:mod:`agilerl_selfsft.algorithm.sampling_settings`); no
+        prompts give no completions.
+
+        :raises ValueError: for a setting or override out of its range, or without a tokenizer
         """
-        temperature = self.temperature if temperature is None else temperature
+        check_sampling_call(self, temperature=temperature, num_generations=num_generations)
+        temperature = self.sampling_temperature if temperature is None else temperature
         if self._tokenizer is None:
             raise ValueError("SelfSFT needs a tokenizer to generate: pass tokenizer=... to the constructor")
-        k = 1 if greedy else (num_generations or self.num_generations)
+        if not prompts:
+            return Generations()
+        k = 1 if greedy else (self.num_generations if num_generations is None else num_generations)
         chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
         tools = tools if tools is not None else [None] * len(chats)
         texts = [render_prompt(self._tokenizer, chat, t) for chat, t in zip(chats, tools, strict=True)]
@@ -351,8 +373,12 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         return result
 
     def load_checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        """AgileRL's ``load_checkpoint``; the weights get a new version."""
+        """AgileRL's ``load_checkpoint``; the weights get a new version. A checkpoint written before the sampling
+        temperature was named ``sampling_temperature`` stored it as ``temperature``: it is read as such, and SFT's
+        ``temperature`` keeps SFT's 0."""
         super().load_checkpoint(*args, **kwargs)
+        if self.temperature != 0:
+            self.sampling_temperature, self.temperature = float(self.temperature), 0
         self._weights_changed()
 
     def _load_model_checkpoint(self, *args: Any, **kwargs: Any) -> None:

@@ -6,7 +6,8 @@ calls its engine; scoring, selection, agents and evaluation see only the ``Gener
 engine ran.
 
 - ``hf``: :func:`agilerl_selfsft.generation.decode.sample`, our decode loop on the policy's own (PyTorch)
-  model. It reads the live weights, so nothing is synced.
+  model. It reads the live weights, so nothing is synced. Whether it folds the LoRA adapters into copies of
+  the base weights for a call is the policy's ``fold_lora`` (:mod:`agilerl_selfsft.generation.folding`).
 - ``vllm``: :class:`agilerl_selfsft.generation.vllm_engine.VLLMEngine`, one vLLM engine per base model and
   process, shared by a population; the policy's merged weights are pushed to it only when they changed.
 - ``auto``: ``vllm`` when vLLM is installed, else ``hf``.
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation import decode
 from agilerl_selfsft.generation.decode import Sampling
+from agilerl_selfsft.generation.folding import should_fold
 from agilerl_selfsft.samples import Generations
 
 ENGINES = ("auto", "hf", "vllm")
@@ -42,9 +44,12 @@ class HFEngine:
     name = "hf"
 
     def sample(self, policy: Any, texts: list[str], k: int, sampling: Sampling) -> Generations:
+        """``k`` completions of each rendered prompt by the policy's live model, its LoRA adapters folded for the
+        call when the policy's ``fold_lora`` says so (``"auto"``: when the folded copies fit in free memory)."""
         policy.actor.eval()
         return decode.sample(policy.actor, policy.tokenizer, texts, k, sampling,
-                             max_batch_rows=policy.generation_batch_size)
+                             max_batch_rows=policy.generation_batch_size,
+                             merge_lora=should_fold(policy.actor, policy.fold_lora))
 
 
 @functools.cache

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.generation.decode import Sampling, folded_lora_weights, unwrapped
+from agilerl_selfsft.generation.decode import Sampling
+from agilerl_selfsft.generation.folding import folded_lora_weights, unwrapped
 from agilerl_selfsft.samples import Generations
 
 # The share of memory vLLM takes (weights, activations, KV cache): of the GPU, or on the CPU backend of the host.

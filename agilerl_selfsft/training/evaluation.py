@@ -26,7 +26,8 @@ def evaluate(
     :param env: holds the held-out prompts and the reward
     :param num_samples: completions sampled per prompt, defaults to 4
     :param greedy: also score one greedy completion per prompt, defaults to True
-    :param temperature: sampling temperature, defaults to None (the agent's)
+    :param temperature: sampling temperature, >= 0 (0 = greedy), defaults to None (the agent's
+        ``sampling_temperature``)
     :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward),
         ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
         sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``; with an agent that

@@ -52,40 +52,51 @@ def test_sample_returns_k_completions_per_prompt_in_order(tiny_agent):
     assert [len(t) for t in texts] == [5, 5]
 
 
-def test_results_follow_prompt_order(tiny_agent):
+@pytest.fixture
+def varied_agent(make_agent, tiny_model_factory):
+    """An agent on a tiny model with large weights: each prompt gets its own, varied greedy completion (the
+    default initialisation just repeats the prompt's last token, a newline, which decodes to "")."""
+    return make_agent(model=tiny_model_factory(0, initializer_range=0.5))
+
+
+def test_results_follow_prompt_order(varied_agent):
     # prompts of different lengths are batched by length internally; results must come back in input order
     prompts = [PROMPTS[4], PROMPTS[2], PROMPTS[0]]
-    alone = [tiny_agent.sample([p], greedy=True).texts[0] for p in prompts]
-    together = tiny_agent.sample(prompts, greedy=True).texts
+    alone = [varied_agent.sample([p], greedy=True).token_ids[0] for p in prompts]
+    assert len({tuple(ids[0]) for ids in alone}) == 3  # the prompts are told apart by their completions
+    together = varied_agent.sample(prompts, greedy=True).token_ids
     assert together == alone
-    reordered = tiny_agent.sample(prompts[::-1], greedy=True).texts
+    reordered = varied_agent.sample(prompts[::-1], greedy=True).token_ids
     assert reordered == together[::-1]
 
 
-def test_greedy_is_one_deterministic_completion(tiny_agent):
+def test_greedy_is_one_deterministic_completion(varied_agent):
     torch.manual_seed(1)
-    a = tiny_agent.sample(PROMPTS[:3], greedy=True)
+    a = varied_agent.sample(PROMPTS[:3], greedy=True)
     torch.manual_seed(2)
-    b = tiny_agent.sample(PROMPTS[:3], greedy=True)
-    assert [len(t) for t in a.texts] == [1, 1, 1]
-    assert a.texts == b.texts
+    b = varied_agent.sample(PROMPTS[:3], greedy=True)
+    assert [len(t) for t in a.token_ids] == [1, 1, 1] and all(t[0] for t in a.token_ids)
+    assert a.token_ids == b.token_ids and all(text[0] for text in a.texts)
 
 
-def test_sampling_follows_the_torch_seed(tiny_agent):
+def test_sampling_follows_the_torch_seed(varied_agent):
+    varied_agent.sampling_temperature = 1.0
     torch.manual_seed(5)
-    a = tiny_agent.generate(PROMPTS[:2])
+    a = varied_agent.sample(PROMPTS[:2]).token_ids
     torch.manual_seed(5)
-    b = tiny_agent.generate(PROMPTS[:2])
-    assert a == b
+    b = varied_agent.sample(PROMPTS[:2]).token_ids
+    torch.manual_seed(6)
+    c = varied_agent.sample(PROMPTS[:2]).token_ids
+    assert a == b and a != c
 
 
-def test_chats_are_accepted_as_prompts(tiny_agent):
-    # a string is a one-turn user chat
-    as_chat = tiny_agent.sample([[{"role": "user", "content": "Hi"}]], greedy=True).texts
-    assert as_chat == tiny_agent.sample(["Hi"], greedy=True).texts
+def test_chats_are_accepted_as_prompts(varied_agent):
+    # a string is a one-turn user chat; a system turn changes the prompt, so the completion
+    as_chat = varied_agent.sample([[{"role": "user", "content": "Hi"}]], greedy=True).token_ids
+    assert as_chat == varied_agent.sample(["Hi"], greedy=True).token_ids
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    texts = tiny_agent.generate([chat, "Hi"], num_generations=1)
-    assert [len(t) for t in texts] == [1, 1]
+    ids = varied_agent.sample([chat, "Hi"], greedy=True).token_ids
+    assert ids[1] == as_chat[0] and ids[0] != ids[1]
 
 
 def test_generation_is_batched_across_prompts(make_agent):
@@ -110,11 +121,11 @@ def test_sampling_attributes_take_effect_on_the_next_call(tiny_agent):
     assert [len(t) for t in gens.texts] == [3, 3, 3]
     assert 3 * 3 * 2 < gens.num_tokens <= 3 * 3 * 5  # the random tiny model rarely stops early
     # temperature 0 means greedy decoding: all K samples agree
-    tiny_agent.temperature = 0.0
+    tiny_agent.sampling_temperature = 0.0
     texts = tiny_agent.generate(PROMPTS[:2], num_generations=3)
     assert all(len(set(t)) == 1 for t in texts)
     # a high temperature gives different samples
-    tiny_agent.temperature = 5.0
+    tiny_agent.sampling_temperature = 5.0
     texts = tiny_agent.generate(PROMPTS[:2], num_generations=3)
     assert any(len(set(t)) > 1 for t in texts)
 
@@ -138,7 +149,7 @@ def sampled_token_ranks(agent, prompt):
 def test_top_k_zero_means_no_top_k_filter(make_agent):
     # at a very high temperature the distribution is nearly uniform over ~49k tokens: without a top-k
     # filter almost every sampled token lies outside the 50 most likely ones
-    agent = make_agent(temperature=100.0, top_k=0, max_new_tokens=6, num_generations=4)
+    agent = make_agent(sampling_temperature=100.0, top_k=0, max_new_tokens=6, num_generations=4)
     torch.manual_seed(0)
     ranks = sampled_token_ranks(agent, "Hi")
     assert ranks.numel() == 24
@@ -364,12 +375,12 @@ def test_finetune_llm_sft_runs_a_selfsft_agent(tiny_agent, tokenizer):
 
 # ---- clone and constructor ----
 def test_clone_keeps_tokenizer_sampling_attributes_and_weights(make_agent, tokenizer):
-    agent = make_agent(num_generations=3, temperature=0.6, max_new_tokens=5, kl_coef=0.2, top_p=0.9, top_k=7)
+    agent = make_agent(num_generations=3, sampling_temperature=0.6, max_new_tokens=5, kl_coef=0.2, top_p=0.9, top_k=7)
     train_steps(agent, collate(tokenizer, SINGLE), 2)
     clone = agent.clone(index=4)
     assert clone.tokenizer is agent.tokenizer
     assert clone.index == 4
-    for name in ("num_generations", "temperature", "max_new_tokens", "kl_coef", "top_p", "top_k",
+    for name in ("num_generations", "sampling_temperature", "max_new_tokens", "kl_coef", "top_p", "top_k",
                  "generation_batch_size", "lr"):
         assert getattr(clone, name) == getattr(agent, name), name
     a, b = lora_params(agent, "actor", copy=True), lora_params(clone, "actor", copy=True)
