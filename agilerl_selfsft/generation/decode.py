@@ -9,17 +9,25 @@ loop, step by step:
 1. prefills the prompt tokens common to every prompt once (batch 1) and copies that cache to each group of
    prompts it admits (``Cache.batch_repeat_interleave``);
 2. prefills each admitted prompt's remaining tokens once (left-padded between the shared prefix and the
-   suffix, with the attention mask and position ids saying so), computing logits for the last position only;
+   suffix, with the attention mask and position ids saying so), computing logits for the last position only.
+   A layer with a sliding (or chunked) attention window counts cache columns, padding included, so on such a
+   model (Mistral, Phi-3, Gemma-2/3, Qwen2 with ``use_sliding_window``: read from its config) the prefix is
+   not shared once a row could outgrow the window: each prompt is then left-padded at its start, which leaves
+   every row's window over its own tokens, as ``generate`` has it;
 3. copies each prompt's cache K times, and decodes one token per step for all live rows;
 4. drops every row that has emitted a stop token from the batch and the cache (``Cache.batch_select_indices``),
    so the remaining steps compute only live rows;
 5. refills the freed rows with waiting prompts (continuous batching): their caches are left-padded to the
    running cache's length (or the running cache to theirs) and joined along the batch, so up to
-   ``max_batch_rows`` rows stay live until the prompts run out.
+   ``max_batch_rows`` rows stay live until the prompts run out. Only caches of plain growing layers are joined
+   (a sliding-window layer keeps a window, not the sequence): on other models a batch runs to its end.
 
-With a PEFT model, every LoRA adapter is folded into a copy of its base weight for the call (``W + B·A``, kept
-in a parameter dict and passed with ``torch.func.functional_call``), so each step runs one matmul per linear
-layer instead of three; the model itself, and a base shared by a population, are never modified.
+Greedy decoding gives ``generate``'s tokens, token for token, on every architecture family the differential
+tests build (``tests/generation/test_decode_architectures.py``).
+
+With a PEFT model, every LoRA adapter is folded into a copy of its base weight for the call
+(:mod:`~agilerl_selfsft.generation.folding`), so each step runs one matmul per linear layer instead of three;
+the model itself, and a base shared by a population, are never modified.
 
 Sampling uses transformers' own logits warpers (temperature, top-k, top-p) and ``torch.multinomial``, so it
 follows ``torch.manual_seed``; greedy takes the arg-max. Rows are returned in prompt order.
@@ -30,8 +38,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +52,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
+from agilerl_selfsft.generation.folding import merged_lora, unwrapped
 from agilerl_selfsft.samples import Generations
 
 
@@ -135,7 +143,8 @@ def sample(
         texts=[[] for _ in prompt_texts], finished=[[] for _ in prompt_texts], token_ids=[[] for _ in prompt_texts]
     )
     with merged_lora(model, enabled=merge_lora) as forward:
-        loop = _Loop(forward, next(model.parameters()).device, sampling, pad_id, k, max(max_batch_rows, k))
+        loop = _Loop(forward, next(model.parameters()).device, sampling, pad_id, k, max(max_batch_rows, k),
+                     attention_window(model))
         rows = loop.run(prompts, share=share_prompts, drop_finished=drop_finished, refill=refill)
     out.batch_rows = [n * k for n in loop.admitted]
     out.peak_rows, out.computed_rows = loop.peak_rows, loop.computed_rows
@@ -150,59 +159,20 @@ def sample(
     return out
 
 
-@contextmanager
-def merged_lora(model: torch.nn.Module, enabled: bool = True) -> Iterator[Callable[..., object]]:
-    """A forward function of ``model`` with its active LoRA adapters folded into copies of the base weights.
-
-    The copies live only in this context; the model's parameters are never written. Plain ``lora.Linear``
-    layers without DoRA are folded, in a PEFT model or one wrapped in AgileRL's ``DummyEvolvable``; for any
-    other model (no PEFT, other adapter types, already merged, wrapped by an accelerator) the forward is the
-    model itself.
-    """
-    wrapper, model = model, unwrapped(model)
-    weights = folded_lora_weights(model) if enabled else None
-    if weights is None:
-        yield wrapper
-        return
-    with model.disable_adapter():
-        yield lambda **inputs: torch.func.functional_call(model, weights, args=(), kwargs=inputs)
-
-
-def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside AgileRL's ``DummyEvolvable`` wrapper (any other model as it is)."""
-    from agilerl.modules.dummy import DummyEvolvable
-
-    return model.module if isinstance(model, DummyEvolvable) else model
-
-
-def folded_lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """``W + B·A`` of every LoRA layer of a PEFT model for its active adapters, by the base weight's parameter
-    name (``....base_layer.weight``); None when the model has no LoRA layer or one that cannot be folded so
-    (another adapter type, DoRA, already merged, adapters disabled). The model is not written."""
-    from peft import PeftModel
-    from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora import LoraLayer
-
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
-    params = dict(model.named_parameters()) if layers else {}
-    foldable = (
-        isinstance(model, PeftModel)
-        and layers
-        and all(type(m) is LoraLinear and not m.merged and not m.disable_adapters for m in layers.values())
-        and all(not any(m.use_dora.values()) for m in layers.values())
-        and all(f"{name}.base_layer.weight" in params for name in layers)
-    )
-    if not foldable:
+def attention_window(model: torch.nn.Module) -> int | None:
+    """The narrowest attention window of any layer of ``model`` (sliding or chunked attention, read from its
+    config), or None when every layer attends to the whole sequence."""
+    config = getattr(unwrapped(model), "config", None)
+    if config is None:
         return None
-    weights = {}
-    with torch.no_grad():
-        for name, m in layers.items():
-            adapters = [a for a in m.active_adapters if a in m.lora_A]
-            if adapters:
-                base = m.get_base_layer().weight
-                delta = sum(m.get_delta_weight(a) for a in adapters)
-                weights[f"{name}.base_layer.weight"] = base + delta.to(base.dtype)
-    return weights
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and not any("sliding" in t or "chunked" in t for t in layer_types):
+        return None
+    if layer_types is None and getattr(config, "use_sliding_window", True) is False:
+        return None
+    windows = [w for w in (getattr(config, "sliding_window", None), getattr(config, "attention_chunk_size", None)) if w]
+    return min(windows) if windows else None
 
 
 def _common_prefix_length(prompts: list[list[int]]) -> int:
@@ -269,9 +239,9 @@ class _Loop:
     """The decode loop of :func:`sample` for one call: admit prompts, sample, drop finished rows, step."""
 
     def __init__(self, forward: Callable[..., object], device: torch.device, sampling: Sampling, pad_id: int,
-                 k: int, capacity: int) -> None:
+                 k: int, capacity: int, window: int | None = None) -> None:
         self.forward, self.device, self.sampling, self.pad_id = forward, device, sampling, pad_id
-        self.k, self.capacity = k, capacity
+        self.k, self.capacity, self.window = k, capacity, window
         self.admitted: list[int] = []  # prompts admitted by each prefill
         self.peak_rows = self.computed_rows = 0
 
@@ -283,6 +253,8 @@ class _Loop:
         shared = 0
         if share:
             shared = _common_prefix_length(prompts) if len(prompts) > 1 else len(prompts[0]) - 1
+            if len(prompts) > 1 and self.window is not None and len(prompts[-1]) + sampling.max_new_tokens >= self.window:
+                shared = 0  # padding between prefix and suffix would sit inside a row's window (see step 2)
         if shared:  # 1. the shared prefix, once
             ids = torch.tensor([prompts[0][:shared]], device=self.device)
             prefix = self.forward(input_ids=ids, use_cache=True).past_key_values

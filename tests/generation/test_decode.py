@@ -7,14 +7,18 @@ import pytest
 import torch
 
 from agilerl_selfsft.data.chat import render_prompt
-from agilerl_selfsft.generation.decode import Sampling, merged_lora, sample
+from agilerl_selfsft.generation.decode import Sampling, sample
+from agilerl_selfsft.generation.folding import merged_lora
 
 PROMPTS = ["What is the capital of France?", "Hi", "Name a colour, please, any colour you like.", "What is 2 + 2?"]
 
 
 @pytest.fixture(scope="module")
 def model(tiny_model_factory):
-    return tiny_model_factory(3)
+    """A tiny model with large weights: its greedy completions differ from prompt to prompt and token to token
+    (the default initialisation just repeats the prompt's last token). Every architecture family is checked
+    against ``generate`` in ``test_decode_architectures.py``; this file checks the loop's own bookkeeping."""
+    return tiny_model_factory(3, initializer_range=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -91,23 +95,18 @@ def test_an_empty_prompt_is_refused(model, tokenizer):
 
 @pytest.mark.parametrize(("share", "drop", "refill"), [(False, False, False), (False, True, True), (True, False, False), (True, True, False)])
 def test_sharing_dropping_and_refilling_change_the_work_not_the_tokens(model, tokenizer, texts, share, drop, refill):
-    sampling = Sampling(max_new_tokens=8, stop_token_ids=[2, 30], greedy=True)
+    free = sample(model, tokenizer, texts, 1, Sampling(max_new_tokens=8, stop_token_ids=[2], greedy=True))
+    stops = [2, free.token_ids[1][0][1], free.token_ids[2][0][4]]  # "Hi" ends by step 2, the 3rd prompt by step 5
+    sampling = Sampling(max_new_tokens=8, stop_token_ids=stops, greedy=True)
     fast = sample(model, tokenizer, texts, 2, sampling, max_batch_rows=4)
+    assert len({len(rows[0]) for rows in fast.token_ids}) > 1 and len(fast.batch_rows) > 2  # rows drop, refill
     plain = sample(model, tokenizer, texts, 2, sampling, max_batch_rows=4, share_prompts=share, drop_finished=drop,
                    refill=refill)
     assert plain.token_ids == fast.token_ids and plain.finished == fast.finished
     assert plain.computed_rows >= fast.computed_rows
 
 
-@pytest.fixture(scope="module")
-def varied(tiny_model_factory):
-    """A tiny model with large weights: its greedy completions differ from prompt to prompt and token to token
-    (the default initialisation just repeats the prompt's last token)."""
-    return tiny_model_factory(0, initializer_range=0.5)
-
-
-def test_freed_rows_are_refilled_with_waiting_prompts(varied, tokenizer, texts):
-    model = varied
+def test_freed_rows_are_refilled_with_waiting_prompts(model, tokenizer, texts):
     # stop on the 2nd greedy token of "Hi": its rows end early, and a waiting prompt takes them
     free = sample(model, tokenizer, texts, 1, Sampling(max_new_tokens=10, stop_token_ids=[2], greedy=True))
     stops = [2, free.token_ids[1][0][1]]
