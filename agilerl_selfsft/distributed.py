@@ -28,6 +28,7 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Any
 
+from agilerl_selfsft.agilerl_adapter import is_sharded
 from agilerl_selfsft.errors import SelfSFTError
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def check_launch(pop: list[Any], accelerator: Accelerator | None) -> DataParalle
         )
     dp = DataParallel(accelerator)
     if dp.enabled:
-        if getattr(pop[0], "zero_stage", None) == 3:
+        if is_sharded(pop[0]):
             raise SelfSFTError(
                 "DeepSpeed ZeRO-3 is not supported with several processes: each process generates for its own "
                 "prompts, which ZeRO-3's collective forward passes do not allow; use ZeRO stage 0, 1 or 2"

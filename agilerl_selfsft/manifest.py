@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from agilerl_selfsft.agilerl_adapter import unwrapped_actor
 from agilerl_selfsft.errors import SelfSFTError
 
 MANIFEST = "selfsft.json"
@@ -197,7 +198,7 @@ def base_identity(model: Any) -> dict[str, Any] | None:
 
 def _base_network(agent: Any) -> Any:
     """The agent's actor network, unwrapped from DeepSpeed and AgileRL's wrappers."""
-    return agent._get_unwrapped_actor() if hasattr(agent, "_get_unwrapped_actor") else agent.actor
+    return unwrapped_actor(agent)
 
 
 def read_versioned_json(path: Path, what: str, older: tuple[int, ...] = ()) -> dict[str, Any]:

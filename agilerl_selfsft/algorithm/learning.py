@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from agilerl.algorithms.core.base import LLMAlgorithm
-from agilerl.utils.llm_utils import gather_if_ds_param
+
+from agilerl_selfsft.agilerl_adapter import backward_step, engine_backward, gather_lm_head, is_sharded
 
 from agilerl_selfsft.algorithm.batching import DEFAULT_MAX_PADDING, Bucket, padding_fraction, plan_buckets, row_extents
 
@@ -74,7 +75,7 @@ class BucketedLearning:
         labelled = (labels != -100).any(dim=1).tolist()
         real = attention_mask.cpu().sum(dim=1).tolist()
         # ZeRO-3 gathers weights in every forward pass: every process must make as many, so no splitting
-        split = (self.zero_stage or 0) < 3
+        split = not is_sharded(self)
         plans = [
             plan_buckets(
                 range(s, min(s + micro, n)), extents, labelled, self.micro_batch_tokens, self.bucket_max_padding, split
@@ -119,7 +120,7 @@ class BucketedLearning:
         """
         kept = [labels[list(b.rows), : b.length - 1] for b in buckets]
         total = sum(int((k != -100).sum()) for k in kept)
-        per_bucket = training and not self._uses_deepspeed
+        per_bucket = training and not engine_backward(self)
         ce_sum, kl_sum, pending = [], [], []
         for i, (bucket, bucket_labels) in enumerate(zip(buckets, kept, strict=True)):
             rows = list(bucket.rows)
@@ -142,7 +143,7 @@ class BucketedLearning:
         if training:
             loss = pending[0] if len(pending) == 1 else torch.stack(pending).sum()
             self._raise_if_not_finite(loss, per_bucket)
-            self._backward_pass(loss)
+            backward_step(self, loss)
         return float(torch.stack(ce_sum).sum()), float(torch.stack(kl_sum).sum())
 
     def _raise_if_not_finite(self, loss: torch.Tensor, accumulated: bool) -> None:
@@ -186,8 +187,8 @@ class BucketedLearning:
         with self._patch_lm_head_to_identity() as lm_head:
             hidden = self.actor.forward(**model_kwargs).logits  # [B, L, H]: the lm_head is identity here
         picked = hidden[:, :-1, :][keep]
-        with gather_if_ds_param(lm_head.weight, lm_head.bias):
-            return F.linear(picked, lm_head.weight, lm_head.bias).float()
+        with gather_lm_head(self, lm_head) as (weight, bias):
+            return F.linear(picked, weight, bias).float()
 
 
 def release_cached_memory() -> None:

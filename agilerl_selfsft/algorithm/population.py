@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agilerl_selfsft.agilerl_adapter import is_sharded, unwrapped_actor
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.manifest import verify_checkpoint
 from agilerl_selfsft.models import resolve_device
@@ -95,10 +96,10 @@ class SharedBasePopulation:
         Only the LoRA tensors (names containing ``lora_``, and any ``modules_to_save``) are copied.
         ZeRO-3 (partitioned weights), quantised bases and value heads fall back to AgileRL's full copy.
         """
-        zero3, quantised = (self.zero_stage or 0) >= 3, self.quantization_config is not None
+        zero3, quantised = is_sharded(self), self.quantization_config is not None
         if zero3 or quantised or getattr(self, "use_value_head", False):
             return super()._clone_actor_network()
-        actor = self._get_unwrapped_actor()
+        actor = unwrapped_actor(self)
         shared = {id(p): p for name, p in actor.named_parameters() if _is_base_weight(name)}
         return copy.deepcopy(actor, memo=shared)
 

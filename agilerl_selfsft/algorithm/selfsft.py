@@ -10,6 +10,7 @@ import torch
 from agilerl.algorithms.sft import SFT
 from transformers import PreTrainedTokenizerBase
 
+from agilerl_selfsft.agilerl_adapter import sft_kwargs
 from agilerl_selfsft.algorithm.learning import BucketedLearning
 from agilerl_selfsft.algorithm.population import SharedBasePopulation
 from agilerl_selfsft.algorithm.sampling_settings import check_sampling_call, check_sampling_settings
@@ -188,7 +189,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         # AgileRL's mutations keep each hyperparameter's current value inside hp_config: members must not
         # share one (clones pass theirs in here, so every agent gets its own copy).
         hp_config = copy.deepcopy(hp_config)
-        super().__init__(
+        super().__init__(**sft_kwargs(dict(  # the installed AgileRL's SFT arguments (agilerl_adapter)
             pad_token_id=pad_token_id,
             pad_token=pad_token,
             model_name=model_name,
@@ -217,7 +218,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
             quantization_config=quantization_config,
             activation_offload=activation_offload,
             lora_target_scope=lora_target_scope,
-        )
+        )))
         # The tokenizer is kept private: AgileRL persists every public attribute in attributes.pt and would
         # pickle it; clone() re-attaches it instead.
         self._tokenizer = tokenizer

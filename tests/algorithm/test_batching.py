@@ -45,7 +45,7 @@ def learn_grads(agent, batch, backward_calls: list | None = None) -> tuple[dict,
     for p in params.values():
         p.grad = None
 
-    def backward_only(loss):
+    def backward_only(loss, **_):  # 2.58 passes accumulation_steps=1
         if backward_calls is not None:
             backward_calls.append(float(loss.detach()))
         loss.backward()
