@@ -56,7 +56,7 @@ def write_manifest(folder: Path, agent: Any, iteration: int, info: dict[str, Any
         "format_version": FORMAT_VERSION,
         "iteration": iteration,
         "base_model": Path(str(agent.pretrained_model_name_or_path)).name,
-        "base_identity": base_identity(_base_network(agent)),
+        "base_identity": base_identity(unwrapped_actor(agent)),
         "lora": lora_summary(agent.lora_config),
         **(info or {}),
         "files": {f.relative_to(folder).as_posix(): sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()},
@@ -142,7 +142,7 @@ def _check_base(path: Path, manifest: dict[str, Any], agent: Any) -> None:
     """
     name = Path(str(agent.pretrained_model_name_or_path)).name
     recorded = manifest.get("base_identity")
-    ours = base_identity(_base_network(agent)) if recorded else None
+    ours = base_identity(unwrapped_actor(agent)) if recorded else None
     if ours is None:
         if manifest["base_model"] != name:
             raise SelfSFTError(f"checkpoint {path} was trained from {manifest['base_model']!r}, not {name!r}")
@@ -194,11 +194,6 @@ def base_identity(model: Any) -> dict[str, Any] | None:
         "weights": digest.hexdigest(),
         "tensors": [name for name, _ in chosen],
     }
-
-
-def _base_network(agent: Any) -> Any:
-    """The agent's actor network, unwrapped from DeepSpeed and AgileRL's wrappers."""
-    return unwrapped_actor(agent)
 
 
 def read_versioned_json(path: Path, what: str, older: tuple[int, ...] = ()) -> dict[str, Any]:

@@ -44,14 +44,7 @@ from safetensors import SafetensorError
 
 from agilerl_selfsft.distributed import DataParallel
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.manifest import (  # noqa: F401  (MANIFEST, _sha256: also read from here)
-    FORMAT_VERSION,
-    MANIFEST,
-    read_versioned_json,
-    verify_checkpoint,
-    write_manifest,
-)
-from agilerl_selfsft.manifest import sha256 as _sha256  # noqa: F401
+from agilerl_selfsft.manifest import FORMAT_VERSION, read_versioned_json, verify_checkpoint, write_manifest
 from agilerl_selfsft.training.faults import crash_point
 
 STATE_FILE = "run_state.json"

@@ -17,7 +17,9 @@ from peft import LoraConfig
 from agilerl_selfsft import export_adapter, export_checkpoint, export_gguf, export_merged, load_into
 from agilerl_selfsft.data.chat import collate
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.training.checkpoints import MANIFEST, _sha256, save_iteration
+from agilerl_selfsft.manifest import MANIFEST
+from agilerl_selfsft.manifest import sha256 as _sha256
+from agilerl_selfsft.training.checkpoints import save_iteration
 
 from conftest import CHATS, lora_config, lora_params
 

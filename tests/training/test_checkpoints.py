@@ -10,7 +10,9 @@ from conftest import CHATS
 from peft import PeftModel
 
 from agilerl_selfsft.data.chat import collate
-from agilerl_selfsft.training.checkpoints import FORMAT_VERSION, MANIFEST, _sha256, save_iteration
+from agilerl_selfsft.manifest import FORMAT_VERSION, MANIFEST
+from agilerl_selfsft.manifest import sha256 as _sha256
+from agilerl_selfsft.training.checkpoints import save_iteration
 
 
 
