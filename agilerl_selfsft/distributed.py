@@ -28,6 +28,7 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Any
 
+from agilerl_selfsft import agilerl_adapter
 from agilerl_selfsft.agilerl_adapter import is_sharded
 from agilerl_selfsft.errors import SelfSFTError
 
@@ -39,12 +40,12 @@ RANK_SEED_STRIDE = 1_000_003
 
 
 class DataParallel:
-    """Rank, world size and the few collectives the loop needs, for an optional accelerator."""
+    """Rank, world size and the few collectives the loop needs: of the accelerator (agilerl 2.10), or of the
+    ``torchrun`` process group AgileRL starts (agilerl 2.58, ``accelerator`` None)."""
 
     def __init__(self, accelerator: Accelerator | None = None) -> None:
         self.accelerator = accelerator
-        self.world = accelerator.num_processes if accelerator is not None else 1
-        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.world, self.rank = agilerl_adapter.world_and_rank(accelerator)
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +61,7 @@ class DataParallel:
 
     def barrier(self) -> None:
         if self.enabled:
-            self.accelerator.wait_for_everyone()
+            agilerl_adapter.barrier(self.accelerator)
 
     def shard(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` items (the first ``n % world`` ranks get one more)."""
@@ -74,17 +75,13 @@ class DataParallel:
         """Every rank's ``items``, concatenated in rank order, on every rank."""
         if not self.enabled:
             return list(items)
-        from accelerate.utils import gather_object
-
-        return gather_object(list(items))
+        return agilerl_adapter.gather_objects(self.accelerator, items)
 
     def broadcast(self, obj: Any) -> Any:
         """The main process's ``obj``, on every rank."""
         if not self.enabled:
             return obj
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([obj], from_process=0)[0]
+        return agilerl_adapter.broadcast_object(self.accelerator, obj)
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over ranks (the same float on every rank)."""
@@ -155,8 +152,9 @@ def check_launch(pop: list[Any], accelerator: Accelerator | None) -> DataParalle
     if dp.enabled:
         if is_sharded(pop[0]):
             raise SelfSFTError(
-                "DeepSpeed ZeRO-3 is not supported with several processes: each process generates for its own "
-                "prompts, which ZeRO-3's collective forward passes do not allow; use ZeRO stage 0, 1 or 2"
+                "sharded weights (DeepSpeed ZeRO-3, FSDP) are not supported with several processes: each process "
+                "generates for its own prompts, which their collective forward passes do not allow; use ZeRO "
+                "stage 0, 1 or 2 (agilerl 2.10) or no fsdp_config (agilerl 2.58)"
             )
         engines = {getattr(agent, "generation_engine", "hf") for agent in pop}
         if "vllm" in engines or ("auto" in engines and importlib.util.find_spec("vllm") is not None):

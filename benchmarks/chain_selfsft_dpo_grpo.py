@@ -5,12 +5,17 @@
    keeps the best-vs-worst completions of every prompt with a reward spread as DPO pairs:
    ``RUN/selfsft/pairs/iteration_NNNN.jsonl``.
 2. **DPO**: AgileRL's ``DPO``, started from the SelfSFT checkpoint with ``load_into`` (actor and reference
-   = the SelfSFT actor), trained on those pairs through AgileRL's ``PreferenceGym``.
-3. **GRPO**: AgileRL's ``GRPO`` on ``ReasoningGym`` with the same reward (``contains``), started from the
-   DPO result. Two AgileRL 2.10.0 behaviours are corrected here, both as plain settings: its generation
-   config has no stop token, so it is given the chat template's end of turn (``<|im_end|>``); and
-   ``ReasoningGym`` prompts carry no ``initial_prompt_len``, so GRPO would count prompt tokens as actions
-   (notes, pitfall 13) — each prompt gets its token length as ``initial_prompt_len`` before ``get_action``.
+   = the SelfSFT actor), trained on those pairs through AgileRL's preference environment (``PreferenceGym``
+   on agilerl 2.10, ``DatasetEnv(objective="preference")`` on 2.58: ``agilerl_adapter.dataset_env``).
+3. **GRPO**: AgileRL's ``GRPO`` with the same reward (``contains``), started from the DPO result, on the
+   train prompts: each step draws prompts (:class:`GRPOPrompts`: the chat-templated question as one
+   unpadded row, the dict both releases' ``get_action`` take), samples a group per prompt, scores the
+   completions (the tokens the action mask marks) and learns. AgileRL's own prompt environments differ
+   between the releases (2.10's ``ReasoningGym``, 2.58's ``RolloutHarness``); this is the part both share.
+   Two AgileRL 2.10.0 behaviours are corrected, both as plain settings: its generation config has no stop
+   token, so it is given the chat template's end of turn (``<|im_end|>``); and each prompt gets its token
+   length as ``initial_prompt_len``, without which 2.10's GRPO counts prompt tokens as actions (notes,
+   pitfall 13; 2.58 masks the prompt itself).
 
 Each stage is saved with :func:`agilerl_selfsft.training.checkpoints.save_iteration` (AgileRL's
 ``save_llm_checkpoint`` plus a ``selfsft.json`` manifest), so the next stage loads it with ``load_into`` and
@@ -19,8 +24,10 @@ held-out capitals, ``eval_samples`` samples each at T=0.8 (mean reward) and one 
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/chain_selfsft_dpo_grpo.py           # full (~15 min, 2 threads)
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/chain_selfsft_dpo_grpo.py --quick   # tiny settings (~2 min)
+    OMP_NUM_THREADS=2 .venv-258/bin/python benchmarks/chain_selfsft_dpo_grpo.py       # the same on agilerl 2.58
 
-The full run writes ``benchmarks/results/chain/chain.{json,md}``; a quick run writes them into its run dir.
+The full run writes ``benchmarks/results/chain/chain.{json,md}`` (on agilerl 2.58: ``chain_agilerl258.*``); a
+quick run writes them into its run dir.
 """
 
 from __future__ import annotations
@@ -45,12 +52,11 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # and the library 
 import agilerl_selfsft  # noqa: E402,F401  (before agilerl: it applies the agilerl 2.10.0 fixes)
 import torch  # noqa: E402
 from agilerl.algorithms import DPO, GRPO  # noqa: E402
-from agilerl.llm_envs import PreferenceGym, ReasoningGym  # noqa: E402
-from datasets import Dataset  # noqa: E402
 from machine import command_line, environment_markdown, machine_info, machine_load, peak_rss_mib  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, finetune_llm_selfsft, load_into, load_model, load_tasks  # noqa: E402
+from agilerl_selfsft.agilerl_adapter import AGILERL_258, AGILERL_VERSION, dataset_env, next_batch  # noqa: E402
 from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
 from agilerl_selfsft.data.tasks import CAPITALS_DIR  # noqa: E402
 from agilerl_selfsft.env.rewards import contains  # noqa: E402
@@ -106,24 +112,40 @@ def fresh_model() -> Any:
     return load_model(MODEL, dtype=torch.float32)[0]
 
 
-def grpo_dataset(tasks: list[Task]) -> Dataset:
-    # every answer as a list of accepted strings (a column cannot mix strings and lists); `contains` takes both
-    return Dataset.from_dict({
-        "question": [t.prompt for t in tasks],
-        "answer": [a if isinstance(a, list) else [a] for a in (t.columns["answer"] for t in tasks)],
-    })
+class GRPOPrompts:
+    """GRPO's prompts and rewards: shuffled passes over the tasks, ``per_step`` prompts a step.
 
+    A prompt is what ``GRPO.get_action`` takes on both releases: one dict per prompt with the chat-templated
+    question as an unpadded ``input_ids`` row, its ``attention_mask``, and ``initial_prompt_len`` (its length).
+    """
 
-def grpo_reward(completion: str, answer: list[str], question: str) -> float:
-    """ReasoningGym's signature around the same reward as SelfSFT's: 1.0 when the reply names the capital."""
-    return contains([question], [completion], [answer])[0]
+    def __init__(self, tasks: list[Task], tokenizer: Any, per_step: int, seed: int) -> None:
+        self.tasks, self.tokenizer, self.per_step = tasks, tokenizer, per_step
+        self.rng = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
 
+    def next(self) -> tuple[list[Task], list[dict[str, Any]]]:
+        """The next step's tasks and their prompt dicts."""
+        tasks = []
+        while len(tasks) < self.per_step:
+            if not self.order:
+                self.order = torch.randperm(len(self.tasks), generator=self.rng).tolist()
+            tasks.append(self.tasks[self.order.pop()])
+        prompts = []
+        for task in tasks:
+            ids = self.tokenizer.apply_chat_template(task.messages, add_generation_prompt=True, return_tensors="pt",
+                                                     return_dict=True)["input_ids"]
+            prompts.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "initial_prompt_len": ids.shape[1]})
+        return tasks, prompts
 
-def with_prompt_lengths(prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give each ReasoningGym prompt its token length, so GRPO's action mask starts after the prompt."""
-    for p in prompts:
-        p["initial_prompt_len"] = int(p["input_ids"].shape[1])  # one unpadded prompt per dict
-    return prompts
+    def rewards(self, tasks: list[Task], ids: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+        """``contains`` of every completion (the tokens its action mask marks): ``(prompts, group)``."""
+        out = []
+        for task, group_ids, group_masks in zip(tasks, ids, masks, strict=True):
+            texts = [self.tokenizer.decode(row[1:][mask.bool()], skip_special_tokens=True)
+                     for row, mask in zip(group_ids, group_masks, strict=True)]
+            out.append(contains([task.prompt] * len(texts), texts, [task.columns["answer"]] * len(texts)))
+        return torch.tensor(out, dtype=torch.float32)
 
 
 def run_chain(s: Settings, run_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -182,13 +204,13 @@ def run_chain(s: Settings, run_dir: str | Path, log: Callable[[str], None] = pri
               lora_config=lora(s), lr=s.dpo_lr, beta=s.dpo_beta, batch_size=s.dpo_batch_size,
               gradient_checkpointing=False, seed=s.seed)
     load_into(dpo, selfsft_ckpt)
-    pref_env = PreferenceGym(pairs, pairs, tokenizer, data_batch_size_per_gpu=s.dpo_batch_size, seed=s.seed)
+    pref_env = dataset_env(pairs, pairs, tokenizer, "preference", data_batch_size_per_gpu=s.dpo_batch_size, seed=s.seed)
     batch, dpo_log = pref_env.reset(), []
     for step in range(steps):
         m = dpo.learn(batch)
         dpo_log.append({"step": step + 1, **{k: round(float(v), 5) for k, v in m.items()}})
         log(f"[dpo] step {step + 1}/{steps}: loss {m['loss']:.4f}, margin {m['chosen_reward'] - m['rejected_reward']:.4f}")
-        batch = pref_env.step()
+        batch = next_batch(pref_env)
     dpo_ckpt = save_iteration(dpo, run_dir / "dpo", 1, info={"stage": "dpo"})
     del dpo
     gc.collect()
@@ -201,21 +223,19 @@ def run_chain(s: Settings, run_dir: str | Path, log: Callable[[str], None] = pri
     grpo = GRPO(pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=fresh_model(),
                 lora_config=lora(s), lr=s.grpo_lr, beta=s.grpo_beta, group_size=s.num_generations,
                 batch_size=s.grpo_batch_size, max_output_tokens=s.max_new_tokens,
-                temperature=s.temperature, top_p=1.0, top_k=0, use_vllm=False, gradient_checkpointing=False, seed=s.seed)
+                temperature=s.temperature, top_p=1.0, top_k=0, gradient_checkpointing=False, seed=s.seed)
     load_into(grpo, dpo_ckpt)
     grpo.generation_config.eos_token_id = turn_end_token_ids(tokenizer)  # stop at <|im_end|> as SelfSFT does
-    reason_env = ReasoningGym(grpo_dataset(train), grpo_dataset(held_out), tokenizer, reward_fn=grpo_reward,
-                              conversation_template=[{"role": "user", "content": "{question}"}],
-                              data_batch_size_per_gpu=s.grpo_prompts_per_step, seed=s.seed)
-    prompts, grpo_log = with_prompt_lengths(reason_env.reset()), []
+    grpo_prompts, grpo_log = GRPOPrompts(train, tokenizer, s.grpo_prompts_per_step, s.seed), []
     for step in range(s.grpo_steps):
+        tasks, prompts = grpo_prompts.next()
         action = grpo.get_action(prompts)
-        next_prompts, rewards = reason_env.step(action.completion_ids)
-        m = grpo.learn((action.completion_ids, action.action_masks, rewards))
-        grpo_log.append({"step": step + 1, "train_reward": round(float(rewards.float().mean()), 4),
+        ids, masks = action[0], action[1]  # completion_ids (2.10) / token_ids (2.58), action_masks
+        rewards = grpo_prompts.rewards(tasks, ids, masks)
+        m = grpo.learn((ids, masks, rewards))
+        grpo_log.append({"step": step + 1, "train_reward": round(float(rewards.mean()), 4),
                          **{k: round(float(v), 5) for k, v in m.items()}})
         log(f"[grpo] step {step + 1}/{s.grpo_steps}: train reward {grpo_log[-1]['train_reward']:.3f}, loss {m['loss']:.4f}")
-        prompts = with_prompt_lengths(next_prompts)
     grpo_ckpt = save_iteration(grpo, run_dir / "grpo", 1, info={"stage": "grpo"})
     del grpo
     gc.collect()
@@ -243,7 +263,7 @@ def markdown(result: dict[str, Any]) -> str:
     """The stage table of a :func:`run_chain` result (plus machine and command when the result has them)."""
     s = result["settings"]
     lines = [
-        "# SelfSFT → DPO → GRPO on the embedded model (capitals)",
+        f"# SelfSFT → DPO → GRPO on the embedded model (capitals), agilerl {result.get('agilerl', '2.10.0')}",
         "",
         f"Held-out: the first {s['eval_prompts']} held-out capitals; sampled = mean reward of {s['eval_samples']} "
         f"samples per prompt at T={s['temperature']}, greedy = one greedy answer per prompt. Reward: `contains`. "
@@ -270,11 +290,12 @@ def markdown(result: dict[str, Any]) -> str:
         "`on_scored` hook writes the best-vs-worst pairs of every prompt with a reward spread.",
         "- DPO: AgileRL `DPO` (its defaults otherwise: DPO + NLL on chosen with nll_alpha 1.0, max_grad_norm 0.1), "
         "`load_into` from the SelfSFT checkpoint (actor and reference = SelfSFT actor), batches from AgileRL's "
-        "`PreferenceGym` over the pairs (chat-templated prompt; answers with their `<|im_end|>`).",
-        "- GRPO: AgileRL `GRPO` on `ReasoningGym` (same `contains` reward, train prompts), `load_into` from the DPO "
-        "checkpoint. Two settings differ from AgileRL 2.10.0 as shipped: generation stops at `<|im_end|>` (its "
-        "generation config has no stop token), and every prompt gets `initial_prompt_len` so only completion "
-        "tokens are actions (as shipped, prompt tokens are trained on too).",
+        "preference environment over the pairs (`PreferenceGym` on 2.10, `DatasetEnv(objective=\"preference\")` on "
+        "2.58; chat-templated prompt, answers with their `<|im_end|>`).",
+        "- GRPO: AgileRL `GRPO` (same `contains` reward, train prompts as chat-templated rows, a group per prompt), "
+        "`load_into` from the DPO checkpoint. Two settings differ from AgileRL 2.10.0 as shipped: generation stops "
+        "at `<|im_end|>` (its generation config has no stop token), and every prompt gets `initial_prompt_len` so "
+        "only completion tokens are actions (as shipped, prompt tokens are trained on too).",
         "- Every stage is evaluated by loading its checkpoint's actor into one SelfSFT evaluator (`load_adapters`).",
         "",
         "Settings: `" + json.dumps(s) + "`",
@@ -302,16 +323,17 @@ def main() -> None:
     before = machine_load()
     started = time.perf_counter()
     result = run_chain(settings, run_dir, log=lambda msg: print(f"[chain {time.perf_counter() - started:6.0f}s] {msg}", flush=True))
-    result.update(command=command_line(), machine=machine_info(args.threads),
+    result.update(agilerl=str(AGILERL_VERSION), command=command_line(), machine=machine_info(args.threads),
                   machine_load={"before": before, "after": machine_load()},
                   date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   peak_rss_mib=round(peak_rss_mib()), omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     out = run_dir if args.quick else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    (out / "chain.json").write_text(json.dumps(result, indent=2))
-    (out / "chain.md").write_text(markdown(result))
+    name = "chain_agilerl258" if AGILERL_258 else "chain"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{name}.md").write_text(markdown(result))
     print("\n" + markdown(result).split("\n\nSettings")[0])
-    print(f"\nresults: {out / 'chain.json'}, {out / 'chain.md'}")
+    print(f"\nresults: {out / f'{name}.json'}, {out / f'{name}.md'}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""One rank of the data-parallel test: ``accelerate launch ... tests/distributed_worker.py OUT [--from-launcher]``.
+"""One rank of the data-parallel test: ``accelerate launch ... tests/distributed_worker.py OUT [--from-launcher]``
+(agilerl 2.10), or ``torchrun --nproc_per_node 2 tests/distributed_worker.py OUT`` (agilerl 2.58: no accelerator;
+AgileRL starts the gloo process group from torchrun's environment when the agent is built).
 
 Builds the tiny Llama of ``conftest.py`` (the real SmolLM2 tokenizer, random weights), a SelfSFT on an
 ``Accelerator`` with a DeepSpeed ZeRO-2 plugin (gloo on CPU, NCCL on GPUs), runs ``finetune_llm_selfsft``
@@ -30,7 +32,8 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, Task, finetune_llm_selfsft  # noqa: E402
-from agilerl_selfsft.distributed import make_accelerator  # noqa: E402
+from agilerl_selfsft.agilerl_adapter import AGILERL_258, unwrapped_actor, world_and_rank  # noqa: E402
+from agilerl_selfsft.distributed import DataParallel, make_accelerator  # noqa: E402
 from agilerl_selfsft.models import load_tokenizer  # noqa: E402
 
 ZERO2 = {
@@ -52,7 +55,7 @@ def tasks(words, start=0):
 
 def adapter_weights(agent) -> dict[str, torch.Tensor]:
     """The actor adapter's tensors, named as in a saved ``adapter_model.safetensors``."""
-    model = agent._get_unwrapped_actor()
+    model = unwrapped_actor(agent)
     return {name.replace(".actor.", "."): p.detach().cpu().clone()
             for name, p in model.named_parameters() if "lora_" in name and ".actor." in name}
 
@@ -65,7 +68,7 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def build(accelerator: Accelerator, tokenizer) -> tuple[SelfSFT, SelfSFTGym]:
+def build(accelerator: Accelerator | None, tokenizer) -> tuple[SelfSFT, SelfSFTGym]:
     torch.manual_seed(0)  # the same base weights on every rank (DeepSpeed also broadcasts rank 0's)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -75,7 +78,7 @@ def build(accelerator: Accelerator, tokenizer) -> tuple[SelfSFT, SelfSFTGym]:
     agent = SelfSFT(
         pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model, tokenizer=tokenizer,
         lora_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", lora_dropout=0.0),
-        batch_size=2 * accelerator.num_processes,  # the global batch; AgileRL gives each process 2
+        batch_size=2 * int(os.environ["WORLD_SIZE"]),  # the global batch; AgileRL gives each process 2
         lr=1e-2, max_new_tokens=8, gradient_checkpointing=False, num_generations=2, accelerator=accelerator,
     )
     # the tiny random model never ends a turn on its own: keep its truncated samples; replay carries state
@@ -96,7 +99,9 @@ def run(agent: SelfSFT, env: SelfSFTGym, run_dir: Path, iterations: int, resume:
 
 def main(out: Path, from_launcher: bool = False) -> None:
     torch.set_num_threads(1)
-    if from_launcher:  # the DeepSpeed settings of `accelerate launch --use_deepspeed --zero_stage 2 ...`
+    if AGILERL_258:  # torchrun: the agent starts the process group
+        accelerator = None
+    elif from_launcher:  # the DeepSpeed settings of `accelerate launch --use_deepspeed --zero_stage 2 ...`
         accelerator = make_accelerator()
     else:  # our own ZeRO-2 config; on CPU the processes need gloo (make_accelerator adds it too)
         handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
@@ -106,16 +111,14 @@ def main(out: Path, from_launcher: bool = False) -> None:
     # 1. two iterations in one go
     agent, env = build(accelerator, tokenizer)
     initial = digest(adapter_weights(agent))
+    world, rank = world_and_rank(accelerator)
     start = time.perf_counter()
     history = run(agent, env, out / "run", iterations=2)
     seconds = time.perf_counter() - start
     saved = load_file(str(out / "run" / "checkpoints" / "latest" / "actor" / "adapter_model.safetensors"))
     result = {
-        "rank": accelerator.process_index,
-        "world": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type),
-        "zero_stage": agent.zero_stage,
-        "gradient_accumulation_steps": accelerator.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"],
+        "rank": rank,
+        "world": world,
         "actor_type": type(agent.actor).__name__,
         "initial_digest": initial,
         "final_digest": digest(adapter_weights(agent)),
@@ -124,10 +127,15 @@ def main(out: Path, from_launcher: bool = False) -> None:
         "buffer": [[s.prompt_id, s.completion] for s in env.buffer],
         "seconds": seconds,
     }
+    if accelerator is not None:
+        result.update(distributed_type=str(accelerator.distributed_type), zero_stage=agent.zero_stage,
+                      gradient_accumulation_steps=accelerator.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"])
+    else:
+        result.update(backend=torch.distributed.get_backend(), runtime=type(agent.shard_runtime).__name__)
 
     if from_launcher:
-        (out / f"rank_{accelerator.process_index}.json").write_text(json.dumps(result, indent=2))
-        accelerator.wait_for_everyone()
+        (out / f"rank_{rank}.json").write_text(json.dumps(result, indent=2))
+        DataParallel(accelerator).barrier()
         return
 
     # 2. the same run stopped after one iteration, then resumed by fresh agents from its checkpoint. An
@@ -141,8 +149,8 @@ def main(out: Path, from_launcher: bool = False) -> None:
     result["resumed_history"] = run(agent, env, out / "resumed", iterations=2, resume=True)
     result["resumed_digest"] = digest(adapter_weights(agent))
 
-    (out / f"rank_{accelerator.process_index}.json").write_text(json.dumps(result, indent=2))
-    accelerator.wait_for_everyone()
+    (out / f"rank_{rank}.json").write_text(json.dumps(result, indent=2))
+    DataParallel(accelerator).barrier()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,16 @@ import torch
 import torch.nn.functional as F
 from agilerl.algorithms.core.base import LLMAlgorithm
 
-from agilerl_selfsft.agilerl_adapter import backward_step, engine_backward, gather_lm_head, is_sharded
+from agilerl_selfsft.agilerl_adapter import (
+    accumulation_steps,
+    backward_step,
+    engine_backward,
+    gather_lm_head,
+    hold_loss,
+    is_sharded,
+    learn_phase_seconds,
+    learn_phases,
+)
 
 from agilerl_selfsft.algorithm.batching import DEFAULT_MAX_PADDING, Bucket, padding_fraction, plan_buckets, row_extents
 
@@ -45,7 +54,8 @@ class BucketedLearning:
 
         As in AgileRL's ``SFT.learn``, the batch is cut into micro-batches of ``micro_batch_size_per_gpu``
         rows; each micro-batch's loss is the mean over its labelled tokens and makes one backward pass
-        (and, without DeepSpeed, one optimizer step). Inside a micro-batch the rows run through the model
+        (and, as the installed AgileRL's ``SFT.learn`` does, an optimizer step: every micro-batch without
+        DeepSpeed on agilerl 2.10, every mini-batch on 2.58). Inside a micro-batch the rows run through the model
         in length buckets (:mod:`agilerl_selfsft.algorithm.batching`), each cut to its own longest row and holding at
         most :attr:`micro_batch_tokens` tokens, so little compute goes to padding; the loss and gradient are
         those of the whole micro-batch (see :meth:`_learn_micro_batch`).
@@ -56,11 +66,12 @@ class BucketedLearning:
         :param training: when ``False`` only the loss is computed, defaults to True
         :type training: bool, optional
         :return: ``{"loss", "perplexity", "kl"}`` averaged over micro-batches and epochs, ``"tokens"``: real
-            (non-padding) tokens put through the model, over all epochs, and ``"padding"``: the share of
-            computed positions that were padding
+            (non-padding) tokens put through the model, over all epochs, ``"padding"``: the share of
+            computed positions that were padding, and on agilerl 2.58 its ``learn_phase_<phase>_s`` timings
         :rtype: dict[str, float]
         """
         release_cached_memory()
+        phases = learn_phases(self)
         input_ids = experiences["input_ids"]
         attention_mask = experiences["attention_mask"].long()
         mask = experiences.get("loss_mask")
@@ -85,17 +96,21 @@ class BucketedLearning:
         computed = sum(b.computed_tokens for plan in plans for b in plan)
         real_tokens = sum(real[r] for plan in plans for b in plan for r in b.rows)
         totals = {"loss": 0.0, "perplexity": 0.0, "kl": 0.0}
-        steps = 0
+        steps, held = 0, None
+        phases.mark("prepare")
         for _ in range(self.update_epochs):
             for plan in plans:
-                ce, kl = self._learn_micro_batch(plan, input_ids, attention_mask, labels, training)
+                ce, kl, held = self._learn_micro_batch(plan, input_ids, attention_mask, labels, training, phases, held)
                 totals["loss"] += ce
                 totals["perplexity"] += math.exp(min(ce, 100.0))
                 totals["kl"] += kl
                 steps += 1
+        if held is not None:  # micro-batches pending the next learn's optimizer step (2.58): checked now, as SFT does
+            self._raise_if_not_finite(held)
         result = {key: value / max(steps, 1) for key, value in totals.items()}
         result["tokens"] = float(real_tokens * self.update_epochs)
         result["padding"] = padding_fraction(computed, real_tokens)
+        result.update(learn_phase_seconds(self))  # agilerl 2.58's learn_phase_<phase>_s
         if training:
             for key, value in result.items():
                 self.metrics.log(key, value)
@@ -108,15 +123,22 @@ class BucketedLearning:
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         training: bool,
-    ) -> tuple[float, float]:
+        phases: Any,
+        held: torch.Tensor | None,
+    ) -> tuple[float, float, torch.Tensor | None]:
         """One micro-batch, bucket by bucket: its token-mean CE and KL, and (training) its backward pass.
 
         A bucket's loss is its own token mean times its share of the micro-batch's labelled tokens, so the
         bucket losses add up to the micro-batch's token-mean loss and their gradients to its gradient. Without
         DeepSpeed each bucket is backpropagated as soon as it is computed (one bucket's activations alive at
-        a time) and the last one goes through AgileRL's ``_backward_pass`` (clipping, optimizer step); under
+        a time) and the last one goes through AgileRL's ``_backward_pass`` (clipping, optimizer step; on agilerl
+        2.58 every ``gradient_accumulation_steps`` micro-batches, each loss divided by that count); under
         DeepSpeed the bucket losses are summed into one ``_backward_pass``, so the engine sees one backward
-        per micro-batch, as before, and counts its gradient accumulation steps as before.
+        per micro-batch, as before, and counts its gradient accumulation steps as before. A non-finite loss
+        raises before the optimizer step that would apply it (checked once per step, as the installed
+        ``SFT.learn`` does: ``held`` carries the window's loss), and the gradients gathered so far are dropped.
+
+        :return: the CE, the KL, and the loss still held for the check at the next optimizer step
         """
         kept = [labels[list(b.rows), : b.length - 1] for b in buckets]
         total = sum(int((k != -100).sum()) for k in kept)
@@ -125,35 +147,51 @@ class BucketedLearning:
         for i, (bucket, bucket_labels) in enumerate(zip(buckets, kept, strict=True)):
             rows = list(bucket.rows)
             weight = int((bucket_labels != -100).sum()) / total if total else 1.0
+            args = (input_ids[rows, : bucket.length].to(self.device), attention_mask[rows, : bucket.length].to(self.device),
+                    bucket_labels.to(self.device), training)
             with torch.set_grad_enabled(training):
-                ce, kl = self._selfsft_loss(
-                    input_ids[rows, : bucket.length].to(self.device),
-                    attention_mask[rows, : bucket.length].to(self.device),
-                    bucket_labels.to(self.device),
-                    training,
-                )
-                loss = (ce + self.kl_coef * kl if self.kl_coef > 0 else ce) * weight
+                if self.kl_coef > 0:
+                    ce, kl = self._selfsft_loss(*args)
+                    loss = (ce + self.kl_coef * kl) * weight
+                else:  # SFT's loss, under SFT's name (what AgileRL's own tests hook)
+                    ce = self._sft_loss(*args)
+                    kl, loss = torch.zeros((), device=ce.device), ce * weight
             ce_sum.append(ce.detach().float() * weight)  # summed on the device: one host sync per micro-batch
             kl_sum.append(kl.detach().float() * weight)
+            phases.mark("forward")
+            if not training:
+                continue
+            pending.append(loss)
             if per_bucket and i < len(buckets) - 1:
-                self._raise_if_not_finite(loss, per_bucket)
-                loss.backward()
-            elif training:
-                pending.append(loss)
+                (loss / accumulation_steps(self)).backward()  # as _backward_pass scales the last bucket
+                phases.mark("backward")
         if training:
-            loss = pending[0] if len(pending) == 1 else torch.stack(pending).sum()
-            self._raise_if_not_finite(loss, per_bucket)
-            backward_step(self, loss)
-        return float(torch.stack(ce_sum).sum()), float(torch.stack(kl_sum).sum())
+            whole = torch.stack([p.detach() for p in pending]).sum()  # the micro-batch's loss
+            try:
+                held = hold_loss(self, whole, held)
+            except ValueError:
+                self.optimizer.zero_grad()  # buckets already backpropagated, and micro-batches pending a step
+                raise
+            backward_step(self, pending[-1] if per_bucket else torch.stack(pending).sum())
+        return float(torch.stack(ce_sum).sum()), float(torch.stack(kl_sum).sum()), held
 
-    def _raise_if_not_finite(self, loss: torch.Tensor, accumulated: bool) -> None:
-        """AgileRL's finiteness check; with buckets already backpropagated, their gradients are dropped first."""
+    def _raise_if_not_finite(self, loss: torch.Tensor) -> None:
+        """AgileRL's finiteness check; the gradients gathered so far are dropped first."""
         try:
             self._raise_if_loss_not_finite_on_any_rank(loss)
         except ValueError:
-            if accumulated:
-                self.optimizer.zero_grad()
+            self.optimizer.zero_grad()
             raise
+
+    def _sft_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, training: bool
+    ) -> torch.Tensor:
+        """``SFT._sft_loss``: the token-mean cross-entropy of one (bucket of a) micro-batch, computed without the
+        ``(B, L, V)`` logits (see :meth:`_selfsft_loss`); with ``use_liger_loss``, SFT's own (Liger's fused
+        linear cross-entropy, CUDA)."""
+        if self.use_liger_loss:
+            return super()._sft_loss(input_ids, attention_mask, labels, training)  # type: ignore[misc]
+        return self._selfsft_loss(input_ids, attention_mask, labels, training)[0]
 
     def _selfsft_loss(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, training: bool
@@ -185,7 +223,7 @@ class BucketedLearning:
     def _logits_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
         """fp32 logits ``(N, V)`` for the N positions where ``keep`` (shifted, ``[B, L-1]``) is true."""
         with self._patch_lm_head_to_identity() as lm_head:
-            hidden = self.actor.forward(**model_kwargs).logits  # [B, L, H]: the lm_head is identity here
+            hidden = self.actor(**model_kwargs).logits  # [B, L, H], lm_head identity; FSDP2's gathers hook __call__
         picked = hidden[:, :-1, :][keep]
         with gather_lm_head(self, lm_head) as (weight, bias):
             return F.linear(picked, weight, bias).float()

@@ -73,7 +73,7 @@ class SharedBasePopulation:
         first = cls(index=0, accelerator=accelerator, device=device, **kwargs)
         if resume_from_checkpoint is not None:
             verify_checkpoint(resume_from_checkpoint, first)  # before attributes.pt is unpickled
-            first.load_checkpoint(str(resume_from_checkpoint))
+            first.load_checkpoint(str(resume_from_checkpoint), load_optimizer=True)
             first.use_adapter("actor")
             first.index = 0
         return [first] + [first.clone(index=i) for i in range(1, size)]

@@ -10,7 +10,7 @@ import torch
 from agilerl.algorithms.sft import SFT
 from transformers import PreTrainedTokenizerBase
 
-from agilerl_selfsft.agilerl_adapter import sft_kwargs
+from agilerl_selfsft.agilerl_adapter import follow_batch_size, sft_kwargs
 from agilerl_selfsft.algorithm.learning import BucketedLearning
 from agilerl_selfsft.algorithm.population import SharedBasePopulation
 from agilerl_selfsft.algorithm.sampling_settings import check_sampling_call, check_sampling_settings
@@ -33,16 +33,17 @@ if TYPE_CHECKING:
 class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     """Self-improvement by supervised fine-tuning (expert iteration / rejection-sampling fine-tuning).
 
-    A drop-in :class:`agilerl.algorithms.sft.SFT` — same constructor arguments, same batches, works in
-    ``finetune_llm_sft`` on an ``SFTGym`` — that adds what a self-training loop needs:
+    A drop-in :class:`agilerl.algorithms.sft.SFT` of agilerl 2.10 or 2.58 — same constructor arguments, same
+    batches, the same loss and optimizer steps as that release's ``SFT.learn``, works in its SFT loop
+    (``finetune_llm_sft`` on an ``SFTGym``, ``train_llm_dataset`` on a ``DatasetEnv``; and on a
+    :class:`~agilerl_selfsft.training.self_training_env.SelfTrainingEnv` that refills itself from the agent) —
+    that adds what a self-training loop needs:
 
     - :meth:`generate` / :meth:`sample`: K completions per prompt, batched across prompts. Sampling settings
       (``sampling_temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``num_generations``) are plain
       attributes, checked and read at every call, so AgileRL mutations take effect on the next call. (SFT's own
-      ``temperature`` attribute keeps SFT's value, 0, and is not used for sampling.) The engine
-      (:mod:`agilerl_selfsft.generation.engine`) is ``generation_engine``: ``hf``, our decode loop on the
-      policy's model, or ``vllm``, one vLLM engine shared by the population that is given the merged weights
-      once per change.
+      ``temperature`` attribute keeps SFT's value, 0, and is not used for sampling.) ``generation_engine``:
+      ``hf``, our decode loop on the policy's model, or ``vllm``, one engine per population, synced per change.
     - actor and frozen reference LoRA adapters (``use_separate_reference_adapter=True`` by default), and an
       optional KL(actor ‖ reference) term in :meth:`learn`, weighted by ``kl_coef`` (0 by default).
     - response-only cross-entropy for single-turn pairs and multi-turn chats: batches that carry a
@@ -50,9 +51,8 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
       on nothing else; plain ``SFTGym`` batches are masked by ``prompt_lengths`` as in SFT.
 
     - populations that share one frozen base model: :meth:`population` and :meth:`clone` (used by AgileRL's
-      ``TournamentSelection``) copy only the LoRA adapters and the optimizer state; every member's base
-      weights are the same tensors. (Under DeepSpeed ZeRO-3 or with a quantised base, AgileRL's full copy is
-      used instead.)
+      ``TournamentSelection``) copy only the LoRA adapters and the optimizer state (with sharded or quantised
+      weights, AgileRL's full copy is used instead).
     - mutable self-training knobs: ``lr``, ``sampling_temperature``, ``num_generations``, ``kl_coef``,
       ``batch_size``, ``selection_threshold`` and ``selection_top_fraction`` can all be named in
       ``hp_config``; a mutation takes effect at the next iteration (a mutation hook keeps them valid and
@@ -62,15 +62,13 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
     adapters only). The reward function is not part of the algorithm: it lives in the environment, so
     clones and checkpoints hold only plain values.
 
-    Where each part is: this class holds the constructor, every knob and its validation (also after a
-    mutation: :meth:`_after_mutation`) and :meth:`sample`, which hands the rendered prompts to its engine
-    (:mod:`agilerl_selfsft.generation.engine`: our decode loop or vLLM); :meth:`learn` is
-    :class:`~agilerl_selfsft.algorithm.learning.BucketedLearning` (length buckets planned by
-    :mod:`agilerl_selfsft.algorithm.batching`); :meth:`population` and :meth:`clone` are
-    :class:`~agilerl_selfsft.algorithm.population.SharedBasePopulation`.
+    Where each part is: here the constructor, every knob and its checks (:meth:`_after_mutation` after a
+    mutation) and :meth:`sample`; :meth:`learn` is :class:`~agilerl_selfsft.algorithm.learning.BucketedLearning`;
+    :meth:`population` and :meth:`clone` are :class:`~agilerl_selfsft.algorithm.population.SharedBasePopulation`.
 
-    Parameters are those of :class:`~agilerl.algorithms.sft.SFT` (same defaults, except
-    ``use_separate_reference_adapter=True``), plus:
+    Parameters are those of the installed :class:`~agilerl.algorithms.sft.SFT` (same defaults, except
+    ``use_separate_reference_adapter=True`` and, on 2.58, ``use_liger_loss=False``; ``accelerator`` and
+    ``reduce_memory_peak`` are 2.10's, ``fsdp_config`` and ``moe_lora_recompute`` 2.58's), plus:
 
     :param tokenizer: tokenizer of the model, used by :meth:`generate`, defaults to None (generation
         then raises)
@@ -170,6 +168,8 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         selection_top_fraction: float | None = None,
         micro_batch_tokens: int | None = None,
         fold_lora: bool | str = "auto",
+        fsdp_config: Any | None = None,
+        moe_lora_recompute: Any | None = None,
     ) -> None:
         check_sampling_settings(num_generations=num_generations, sampling_temperature=sampling_temperature,
                                 top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
@@ -218,6 +218,8 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
             quantization_config=quantization_config,
             activation_offload=activation_offload,
             lora_target_scope=lora_target_scope,
+            fsdp_config=fsdp_config,
+            moe_lora_recompute=moe_lora_recompute,
         )))
         # The tokenizer is kept private: AgileRL persists every public attribute in attributes.pt and would
         # pickle it; clone() re-attaches it instead.
@@ -263,7 +265,7 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         if self.selection_top_fraction is not None:
             self.selection_top_fraction = min(max(float(self.selection_top_fraction), 1e-3), 1.0)
         if self._micro_follows_batch:
-            self.batch_size_per_process = self.micro_batch_size_per_gpu = self.mini_batch_size = self.batch_size
+            follow_batch_size(self)
         for name in self.registry.hp_config or ():
             # AgileRL mutates from the value it stored last; start the next mutation from the agent's own.
             self.registry.hp_config[name].value = getattr(self, name)
@@ -367,10 +369,14 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
 
     def learn(self, experiences: dict[str, Any], training: bool = True) -> dict[str, float]:
         """:meth:`BucketedLearning.learn <agilerl_selfsft.algorithm.learning.BucketedLearning.learn>`; after a
-        training step the weights get a new version."""
+        training step the weights get a new version. A batch that names the environment that refills itself
+        (``refill_from``, see :class:`~agilerl_selfsft.training.self_training_env.SelfTrainingEnv`) makes this
+        agent a candidate to generate that environment's next samples."""
         result = super().learn(experiences, training)
         if training:
             self._weights_changed()
+            if experiences.get("refill_from") is not None:
+                experiences["refill_from"].attach(self)
         return result
 
     def load_checkpoint(self, *args: Any, **kwargs: Any) -> None:

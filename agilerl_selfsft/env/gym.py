@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from agilerl_selfsft.data.chat import collate, tokenize_conversation
 from agilerl_selfsft.data.readers import as_conversations
 from agilerl_selfsft.data.tools import as_tool_text
-from agilerl_selfsft.distributed import shard_rows
+from agilerl_selfsft.distributed import DataParallel, shard_rows
 from agilerl_selfsft.env.buffer import ReplayBuffer
 from agilerl_selfsft.env.rewards import DEFAULT_TIMEOUT, WeightedReward, resolve_reward, score
 from agilerl_selfsft.env.selection import STRATEGIES, select
@@ -100,7 +100,8 @@ class SelfSFTGym:
     :type seed: int, optional
     :param accelerator: with several processes, each batch holds the batch size (per process) times the
         number of processes, and each process gets its own slice of it (as AgileRL's ``SFTGym`` shards its
-        dataloader); ``finetune_llm_selfsft`` sets it from the agents when left None, defaults to None
+        dataloader); ``finetune_llm_selfsft`` sets it from the agents when left None; on agilerl 2.58 (no
+        accelerator) the processes are ``torchrun``'s, defaults to None
     :type accelerator: accelerate.Accelerator, optional
     :param agent: a multi-turn agent function ``agent(task, chat) -> reward`` (see
         :mod:`agilerl_selfsft.generation.agents`) that generates and scores the samples instead of one completion and
@@ -342,7 +343,7 @@ class SelfSFTGym:
 
     @property
     def _world(self) -> int:
-        return self.accelerator.num_processes if self.accelerator is not None else 1
+        return DataParallel(self.accelerator).world
 
     def reset(self, reset_dataloaders: bool = False, batch_size: int | None = None) -> dict[str, Any]:
         """Shuffle the buffer and return its first batch.
@@ -367,9 +368,14 @@ class SelfSFTGym:
             self.num_epochs += 1
         rows = self._order[self._cursor : self._cursor + self._rows * self._world]
         self._cursor += len(rows)
+        return self.batch(rows)
+
+    def batch(self, rows: list[int]) -> dict[str, Any]:
+        """The batch of buffer samples ``rows`` (over every process; this process collates its slice)."""
         num_static, num_rows = sum(self.buffer[i].static for i in rows), len(rows)  # over every process's rows
-        if self._world > 1:  # this process's slice; every rank draws the same rows (same random state)
-            rows = shard_rows(rows, self._world, self.accelerator.process_index)
+        dp = DataParallel(self.accelerator)
+        if dp.enabled:  # this process's slice; every rank draws the same rows (same random state)
+            rows = shard_rows(rows, dp.world, dp.rank)
         samples = [self.buffer[i] for i in rows]
         # a generated sample's own turn is its last message: assistant turns of the prompt (few-shot examples)
         # are context; a static conversation learns every assistant turn; a trajectory the turns it names

@@ -164,8 +164,7 @@ def write_state(folder: Path, iteration: int, env: Any, pop: list[Any], mutation
     if len(pop) > 1:
         for agent in pop:
             agent.save_checkpoint(str(folder / "population" / f"agent_{agent.index}"))
-    accelerator = getattr(pop[0], "accelerator", None)
-    if accelerator is not None and not accelerator.is_main_process:
+    if not DataParallel(getattr(pop[0], "accelerator", None)).is_main:
         return
     state = {
         "format_version": FORMAT_VERSION,

@@ -52,7 +52,7 @@ def _one_trainer_per_run_dir(loop: Callable[..., Any]) -> Callable[..., Any]:
         call = signature.bind(*args, **kwargs)
         run_dir, pop = call.arguments.get("checkpoint_path"), call.arguments["pop"]
         accelerator = call.arguments.get("accelerator") or (getattr(pop[0], "accelerator", None) if pop else None)
-        main = accelerator is None or accelerator.is_main_process
+        main = DataParallel(accelerator).is_main
         with run_lock(run_dir) if run_dir is not None and main else nullcontext():
             return loop(*args, **kwargs)
 

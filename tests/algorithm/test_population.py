@@ -10,6 +10,7 @@ from agilerl.hpo.mutation import Mutations
 from agilerl.hpo.tournament import TournamentSelection
 
 from agilerl_selfsft import SelfSFT, SelfSFTError
+from agilerl_selfsft.agilerl_adapter import unwrapped_actor
 from agilerl_selfsft.data.chat import collate
 from conftest import lora_config, lora_params
 
@@ -25,7 +26,7 @@ def _kwargs(tokenizer, model, **overrides):
 
 
 def _base(agent: SelfSFT) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in agent._get_unwrapped_actor().named_parameters() if "lora_" not in n}
+    return {n: p for n, p in unwrapped_actor(agent).named_parameters() if "lora_" not in n}
 
 
 def _batch(tokenizer):

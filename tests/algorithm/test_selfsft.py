@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from agilerl_selfsft.agilerl_adapter import AGILERL_258, dataset_env, sft_training_loop
 from agilerl_selfsft.data.chat import collate, render_prompt
 
 from conftest import MULTI, lora_params  # MULTI: a system/user/assistant/tool/user/assistant chat
@@ -192,7 +193,7 @@ def test_learn_trains_the_actor_and_never_the_reference(tiny_agent, tokenizer):
     reference_before = lora_params(tiny_agent, "reference", copy=True)
     assert actor_before and reference_before
     out = tiny_agent.learn(batch)
-    assert set(out) == {"loss", "perplexity", "kl", "tokens", "padding"}
+    assert {k for k in out if not k.startswith("learn_phase_")} == {"loss", "perplexity", "kl", "tokens", "padding"}
     assert math.isfinite(out["loss"]) and out["loss"] > 0
     assert out["perplexity"] == pytest.approx(math.exp(out["loss"]), rel=1e-5)
     actor_after = lora_params(tiny_agent, "actor", copy=True)
@@ -315,7 +316,11 @@ def test_learn_reports_tokens_and_padding_as_agilerl_metrics(tiny_agent, tokeniz
     tiny_agent.bucket_max_padding = 0.0  # now a bucket per length: no padding
     out = tiny_agent.learn(batch)
     assert out["padding"] == 0.0
-    assert tiny_agent.metrics.additional_metrics == ["loss", "perplexity", "kl", "tokens", "padding"]
+    ours = [m for m in tiny_agent.metrics.additional_metrics if not m.startswith("learn_phase_")]
+    assert ours == ["loss", "perplexity", "kl", "tokens", "padding"]
+    if AGILERL_258:  # and 2.58's own learn timings, as its SFT.learn reports them
+        phases = {m for m in tiny_agent.metrics.additional_metrics if m.startswith("learn_phase_")}
+        assert phases and phases <= set(out) and tiny_agent.metrics.get_mean("learn_phase_forward_s") > 0
     assert tiny_agent.metrics.get_mean("tokens") == mask.sum().item()
     assert tiny_agent.metrics.get_mean("padding") == pytest.approx(padded / 2)
     tiny_agent.learn(batch, training=False)  # evaluation logs nothing
@@ -338,12 +343,10 @@ def test_micro_batches_give_the_same_loss(make_agent, tokenizer):
 
 # ---- AgileRL compatibility ----
 def _sft_gym(tokenizer):
-    from agilerl.llm_envs import SFTGym
-
     rows = {"prompt": ["What is the capital of France?", "Hi", "Name a colour.", "What is 2 + 2?"],
             "response": ["Paris.", "Hello!", "Blue.", "4"]}
-    return SFTGym(Dataset.from_dict(rows), Dataset.from_dict(rows), tokenizer, data_batch_size_per_gpu=2,
-                  response_column="response")
+    return dataset_env(Dataset.from_dict(rows), Dataset.from_dict(rows), tokenizer, data_batch_size_per_gpu=2,
+                       response_column="response")
 
 
 def test_learn_accepts_a_plain_sftgym_batch(tiny_agent, tokenizer):
@@ -361,12 +364,10 @@ def test_learn_accepts_a_plain_sftgym_batch(tiny_agent, tokenizer):
     assert tiny_agent.learn(batch, training=False)["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-def test_finetune_llm_sft_runs_a_selfsft_agent(tiny_agent, tokenizer):
-    from agilerl.training.llm import finetune_llm_sft
-
-    env = _sft_gym(tokenizer)
+def test_agilerl_sft_loop_runs_a_selfsft_agent(tiny_agent, tokenizer):
+    env = _sft_gym(tokenizer)  # finetune_llm_sft on SFTGym (2.10), train_llm_dataset on DatasetEnv (2.58)
     before = lora_params(tiny_agent, "actor", copy=True)
-    pop, fitnesses = finetune_llm_sft(pop=[tiny_agent], env=env, max_steps=4, evaluation_interval=1, verbose=False)
+    pop, fitnesses = sft_training_loop()(pop=[tiny_agent], env=env, max_steps=4, evaluation_interval=1, verbose=False)
     assert len(pop) == 1 and pop[0] is tiny_agent
     after = lora_params(tiny_agent, "actor", copy=True)
     assert any(not torch.equal(before[n], after[n]) for n in before)

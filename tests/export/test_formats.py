@@ -1,4 +1,4 @@
-"""A SelfSFT checkpoint continues into AgileRL 2.10.0's real DPO and GRPO, and exports to PEFT, transformers and GGUF."""
+"""A SelfSFT checkpoint continues into the installed AgileRL's (2.10 or 2.58) real DPO and GRPO, and exports to PEFT, transformers and GGUF."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from agilerl.algorithms import DPO, GRPO
-from agilerl.llm_envs import PreferenceGym, ReasoningGym
 from datasets import Dataset
 from peft import LoraConfig
 
 from agilerl_selfsft import export_adapter, export_checkpoint, export_gguf, export_merged, load_into
+from agilerl_selfsft.agilerl_adapter import AGILERL_258, dataset_env, unwrapped_actor
 from agilerl_selfsft.data.chat import collate
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.manifest import MANIFEST
@@ -43,7 +43,7 @@ def check_loaded(agent, selfsft):
     for name in ("actor", "reference"):
         theirs = adapter(agent, name)
         assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
-    assert agent._peft_model.active_adapter == "actor"
+    assert unwrapped_actor(agent).active_adapter == "actor"
 
 
 def test_into_dpo_keeps_dpo_settings_and_learns(checkpoint, tokenizer, tiny_model_factory):
@@ -57,7 +57,7 @@ def test_into_dpo_keeps_dpo_settings_and_learns(checkpoint, tokenizer, tiny_mode
     assert not dpo.optimizer.optimizer.state  # fresh optimizer
     data = Dataset.from_dict({"prompt": ["Capital of France?", "Capital of Peru?"], "chosen": [" Paris.", " Lima."],
                               "rejected": [" Rome.", " Quito."]})
-    env = PreferenceGym(data, data, tokenizer, data_batch_size_per_gpu=2)
+    env = dataset_env(data, data, tokenizer, "preference", data_batch_size_per_gpu=2)
     metrics = dpo.learn(env.reset())
     assert all(math.isfinite(v) for v in metrics.values()), metrics
 
@@ -71,13 +71,46 @@ def test_into_grpo_keeps_grpo_settings_and_learns(checkpoint, tokenizer, tiny_mo
     load_into(grpo, path)
     check_loaded(grpo, selfsft)
     assert {k: getattr(grpo, k) for k in state_before} == state_before and grpo.algo == "GRPO"
-    data = Dataset.from_dict({"question": ["France?", "Peru?"], "answer": ["Paris", "Lima"]})
-    env = ReasoningGym(data, data, tokenizer, reward_fn=lambda completion, answer, question: float(len(completion) % 2),
-                       conversation_template=[{"role": "user", "content": "Capital of {question}"}], data_batch_size_per_gpu=2)
-    action = grpo.get_action(env.reset())
-    _, rewards = env.step(action.completion_ids)
-    metrics = grpo.learn((action.completion_ids, action.action_masks, rewards))
-    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert_learns_from_groups(grpo, tokenizer)
+
+
+def assert_learns_from_groups(agent, tokenizer):
+    """One step of a GRPO-family agent on two prompts: sample a group each, reward one sample of each group."""
+    prompts = []  # what ReasoningGym (2.10) and RolloutHarness (2.58) hand get_action: one tokenized chat each
+    for question in ("Capital of France?", "Capital of Peru?"):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+        prompts.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    before = adapter(agent, "actor")
+    action = agent.get_action(prompts)
+    completion_ids, action_masks = action[0], action[1]  # 2.10 names the first completion_ids, 2.58 token_ids
+    rewards = torch.tensor([[1.0, 0.0]] * len(prompts))  # group_size 2: one better, one worse sample a prompt
+    metrics = agent.learn((completion_ids, action_masks, rewards))
+    assert all(math.isfinite(float(v)) for v in metrics.values()), metrics
+    after = adapter(agent, "actor")
+    assert any(not torch.equal(after[k], before[k]) for k in before)  # it learned
+
+
+@pytest.mark.agilerl258  # algorithms 2.10 does not have (LLMPPO needs a value-head model: not covered)
+@pytest.mark.parametrize("name", ["GSPO", "CISPO", "LLMREINFORCE"])
+def test_into_the_other_llm_algorithms_of_agilerl_258(name, checkpoint, tokenizer, tiny_model_factory):
+    import agilerl.algorithms
+
+    selfsft, path = checkpoint
+    cls = getattr(agilerl.algorithms, name)
+    kwargs = dict(pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=tiny_model_factory(0),
+                  lora_config=lora_config(), beta=0.01, batch_size=2, max_output_tokens=4, temperature=0.7)
+    if name in ("GSPO", "CISPO"):
+        kwargs.update(lr=1e-4, group_size=2, gradient_checkpointing=False)
+    else:  # REINFORCE keeps a reference adapter only when asked to
+        kwargs.update(use_separate_reference_adapter=True, lr=1e-4)
+    agent = cls(**kwargs)
+    state_before = {k: getattr(agent, k) for k in ("algo", "beta", "temperature", "batch_size")}
+    load_into(agent, path)
+    check_loaded(agent, selfsft)
+    assert {k: getattr(agent, k) for k in state_before} == state_before
+    if name in ("GSPO", "CISPO"):
+        assert_learns_from_groups(agent, tokenizer)
 
 
 def test_another_lora_shape_names_the_fields(checkpoint, tokenizer, tiny_model_factory):
@@ -106,9 +139,9 @@ def test_the_plain_agilerl_recipe_works_and_plain_load_checkpoint_does_not(check
 
     unsafe = _dpo(tokenizer, tiny_model_factory(0))
     unsafe.load_checkpoint(str(path))
-    # the upstream agent's settings replace DPO's, and the reference adapter is left active
+    # the upstream agent's settings replace DPO's, and (2.10) the reference adapter is left active
     assert unsafe.algo == "SFT" and unsafe.lr == selfsft.lr and unsafe.temperature == selfsft.temperature
-    assert unsafe._peft_model.active_adapter == "reference"
+    assert unwrapped_actor(unsafe).active_adapter == ("actor" if AGILERL_258 else "reference")
 
 
 def test_a_checkpoint_of_another_base_model_is_refused_and_nothing_changes(checkpoint, tokenizer, tiny_model_factory):

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 from agilerl.algorithms import DPO
-from agilerl.llm_envs import PreferenceGym
 
 from agilerl_selfsft import SelfSFTGym, Task, finetune_llm_selfsft
+from agilerl_selfsft.agilerl_adapter import dataset_env
 from agilerl_selfsft.data.chat import render_prompt
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.export.pairs import (
@@ -137,7 +137,7 @@ def test_a_trailing_eos_written_by_the_template_is_left_to_preference_gym(tokeni
 
 def test_preference_gym_batch_is_the_chat_template_token_for_token(tokenizer):
     data = pairs_to_dataset(PAIRS, tokenizer)
-    env = PreferenceGym(data, data, tokenizer, data_batch_size_per_gpu=len(PAIRS))
+    env = dataset_env(data, data, tokenizer, "preference", data_batch_size_per_gpu=len(PAIRS))
     batch = env.reset()
     assert sorted(batch["prompt"]) == sorted(data["prompt"])
     by_prompt = {render_prompt(tokenizer, p.messages): p for p in PAIRS}
@@ -158,7 +158,7 @@ def test_preference_gym_batch_is_the_chat_template_token_for_token(tokenizer):
 
 def test_dpo_learns_from_the_pairs_with_a_finite_loss(tokenizer, tiny_model_factory):
     data = pairs_to_dataset(PAIRS, tokenizer)
-    env = PreferenceGym(data, data, tokenizer, data_batch_size_per_gpu=len(PAIRS))
+    env = dataset_env(data, data, tokenizer, "preference", data_batch_size_per_gpu=len(PAIRS))
     dpo = DPO(pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=tiny_model_factory(0),
               lora_config=lora_config(), lr=1e-2, beta=0.1, batch_size=len(PAIRS), gradient_checkpointing=False)
     before = {n: p.detach().clone() for n, p in dpo.actor.named_parameters() if ".actor." in n and "lora_" in n}
