@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Generator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from agilerl_selfsft.distributed import DataParallel
@@ -77,7 +76,6 @@ class SelfTrainingEnv:
         self.max_empty_refills = max_empty_refills
         self.name = name
         self.num_epochs = 0
-        self.evaluation_mode = False
         self.refills: list[dict[str, Any]] = []
         self._attached: list[weakref.ref[Any]] = []
         self._batches_left = 0  # training batches left in the current pass over the buffer
@@ -176,14 +174,14 @@ class SelfTrainingEnv:
         self._eval_cursor = (self._eval_cursor + size) % n
         return self.gym.batch(rows)
 
-    @contextmanager
-    def eval_mode(self) -> Generator[None, None, None]:
-        """Serve evaluation batches (from the current buffer) for the block."""
-        self.evaluation_mode = True
-        try:
-            yield
-        finally:
-            self.evaluation_mode = False
+    @property
+    def evaluation_mode(self) -> bool:
+        """Inside :meth:`eval_mode`: batches are evaluation batches."""
+        return self.gym.evaluation_mode
+
+    def eval_mode(self) -> AbstractContextManager[None]:
+        """Serve evaluation batches (from the current buffer) for the block (the gym's own switch)."""
+        return self.gym.eval_mode()
 
     def close(self) -> None:
         """Nothing to release (AgileRL's trainers call it)."""
