@@ -75,7 +75,6 @@ class SelfTrainingEnv:
         self.prompts_per_refill = prompts_per_refill
         self.max_empty_refills = max_empty_refills
         self.name = name
-        self.num_epochs = 0
         self.refills: list[dict[str, Any]] = []
         self._attached: list[weakref.ref[Any]] = []
         self._batches_left = 0  # training batches left in the current pass over the buffer
@@ -91,6 +90,11 @@ class SelfTrainingEnv:
     def __len__(self) -> int:
         return self.prompts_per_refill
 
+    @property
+    def num_epochs(self) -> int:
+        """AgileRL's epoch count: the refills after the first (it never goes down)."""
+        return max(len(self.refills) - 1, 0)
+
     # ---- the policy ----
     def attach(self, agent: Any) -> None:
         """Make ``agent`` a candidate policy for the next refill (SelfSFT calls it for every batch it learns)."""
@@ -103,10 +107,10 @@ class SelfTrainingEnv:
         if not live:
             return self.policy
 
-        def fitness(order_agent: tuple[int, Any]) -> tuple[float, int]:
+        def fitness(order_agent: tuple[int, Any]) -> tuple[float, int]:  # latest fitness, NaN last; ties: latest
             order, agent = order_agent
-            last = agent.fitness[-1] if agent.fitness else -math.inf
-            return (-math.inf if last != last else float(last), order)  # NaN ranks last
+            last = float(agent.fitness[-1]) if agent.fitness else -math.inf
+            return (-math.inf if math.isnan(last) else last, order)
 
         return max(enumerate(live), key=fitness)[1]
 
@@ -134,7 +138,7 @@ class SelfTrainingEnv:
         record = {
             "iteration": len(self.refills) + 1,
             "agent": agent.index,
-            "reward/train": sum(rewards) / len(rewards),
+            "reward/train": sum(rewards) / len(rewards) if rewards else math.nan,  # static data only: none
             **{f"selection/{k}": v for k, v in stats.items()},
             "kept_prompt_ids": sorted({s.prompt_id for s in self.gym.buffer if not s.static}),
         }
@@ -157,8 +161,6 @@ class SelfTrainingEnv:
         if self.evaluation_mode:
             return self._eval_batch()
         if self._batches_left <= 0:
-            if self.refills:
-                self.num_epochs += 1
             self.refill()
         self._batches_left -= 1
         batch = self.gym.step()
