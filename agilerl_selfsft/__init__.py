@@ -2,8 +2,8 @@
 
 The loop: prompts → generate K completions → score with reward functions → select the best → refill the
 SFT environment → learn (response-only cross-entropy) → evaluate on held-out prompts → evolve → repeat.
-Each stage has a package: ``data`` (prompts in), ``generation`` (generate and score), ``env`` (rewards,
-selection, buffer, batches), ``algorithm`` (``SelfSFT``: learn), ``training`` (the loop, evaluation,
+Each stage has a package: ``data`` (prompts in), ``generation`` (generate and score), ``rewards`` (the
+reward functions, by their YAML names), ``env`` (selection, buffer, batches), ``algorithm`` (``SelfSFT``: learn), ``training`` (the loop, evaluation,
 checkpoints), ``export`` (models out); ``samples`` holds the records passed between them. ARCHITECTURE.md
 has the map.
 """

@@ -31,7 +31,7 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     from agilerl_selfsft.data.readers import load_conversations
     from agilerl_selfsft.data.tasks import drop_long_prompts, load_tasks
     from agilerl_selfsft.env.gym import SelfSFTGym
-    from agilerl_selfsft.env.rewards import import_function, resolve_reward
+    from agilerl_selfsft.rewards import import_function, resolve_reward
     from agilerl_selfsft.models import load_model, resolve_device, resolve_model_path
 
     # Everything that can be wrong with the inputs is checked before the model is loaded.
@@ -42,6 +42,8 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     reward = None if agent is not None else config.reward
     if reward is not None:
         resolve_reward(reward)
+    if config.eval_reward is not None:
+        resolve_reward(config.eval_reward)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -79,6 +81,7 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
         static_final_fraction=static.final_fraction if static else None,
         static_decay_iterations=static.decay_iterations if static else 1, seed=config.seed,
         reward_timeout=config.reward_timeout,
+        eval_reward=config.eval_reward,
     )
     return pop, env
 

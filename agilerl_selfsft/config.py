@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agilerl_selfsft.env.rewards import DEFAULT_TIMEOUT
+from agilerl_selfsft.rewards import DEFAULT_TIMEOUT
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.models import DEVICES, EMBEDDED_NAME
 
@@ -133,6 +133,9 @@ class Config(_Strict):
     model: str = EMBEDDED_NAME
     task: TaskFiles
     reward: str | dict[str, Any] | list[str | dict[str, Any]] = "contains"
+    eval_reward: str | dict[str, Any] | list[str | dict[str, Any]] | None = Field(
+        None, description="the held-out split's reward when it should differ from reward (null: reward)"
+    )
     agent: str | None = Field(
         None, description="'module:function': a multi-turn agent whose return value is the reward"
     )
@@ -179,6 +182,8 @@ class Config(_Strict):
     def _reward_or_agent(self) -> Config:
         if self.agent is not None and "reward" in self.model_fields_set:
             raise ValueError("set reward or agent, not both: an agent's return value is the reward")
+        if self.agent is not None and self.eval_reward is not None:
+            raise ValueError("eval_reward needs a reward: an agent scores its held-out conversations itself")
         return self
 
     def resolve_paths(self, base: Path) -> Config:

@@ -32,7 +32,7 @@ import agilerl_selfsft  # noqa: F401, I001  (before anything from agilerl)
 from agilerl_selfsft import load_model, load_tasks
 from agilerl_selfsft.data.chat import render_prompt, turn_end_token_ids
 from agilerl_selfsft.data.tasks import CAPITALS_DIR
-from agilerl_selfsft.env.rewards import contains
+from agilerl_selfsft.rewards import contains
 from agilerl_selfsft.generation.decode import Sampling, sample
 
 import argparse

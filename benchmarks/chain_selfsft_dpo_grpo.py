@@ -59,7 +59,7 @@ from agilerl_selfsft import SelfSFT, SelfSFTGym, finetune_llm_selfsft, load_into
 from agilerl_selfsft.agilerl_adapter import AGILERL_258, AGILERL_VERSION, dataset_env, next_batch  # noqa: E402
 from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
 from agilerl_selfsft.data.tasks import CAPITALS_DIR  # noqa: E402
-from agilerl_selfsft.env.rewards import contains  # noqa: E402
+from agilerl_selfsft.rewards import contains  # noqa: E402
 from agilerl_selfsft.export.pairs import load_pairs_dataset, pair_writer  # noqa: E402
 from agilerl_selfsft.samples import Task  # noqa: E402
 from agilerl_selfsft.training.checkpoints import load_adapters, save_iteration  # noqa: E402

@@ -54,7 +54,7 @@ from peft import LoraConfig  # noqa: E402
 from agilerl_selfsft import SelfSFT, SelfSFTGym, load_model, load_tasks  # noqa: E402
 from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
 from agilerl_selfsft.data.tasks import ARITHMETIC_DIR, CAPITALS_DIR  # noqa: E402
-from agilerl_selfsft.env.rewards import resolve_reward, score  # noqa: E402
+from agilerl_selfsft.rewards import resolve_reward, score  # noqa: E402
 from agilerl_selfsft.generation.collect import sample_scored  # noqa: E402
 from agilerl_selfsft.samples import Scored, Task  # noqa: E402
 from agilerl_selfsft.training.checkpoints import load_adapters, save_iteration  # noqa: E402

@@ -322,7 +322,7 @@ def test_shipped_configs_load_with_their_data_and_functions(name):
     from agilerl_selfsft.cli import DEMO_CONFIG
     from agilerl_selfsft.config import load_config
     from agilerl_selfsft.data.tasks import load_tasks
-    from agilerl_selfsft.env.rewards import import_function, resolve_reward
+    from agilerl_selfsft.rewards import import_function, resolve_reward
 
     config = load_config(DEMO_CONFIG.parent / name)
     assert len(load_tasks(config.task.train)) == 159 and len(load_tasks(config.task.eval)) == 40

@@ -2,6 +2,7 @@
 
 Replay keeps what earlier iterations learned in the training mix (a guard against forgetting when the new
 winners are few); the capacity bounds memory and staleness — the oldest winners leave first.
+:func:`static_count` says how many static conversations a refill mixes in beside them.
 """
 
 from __future__ import annotations
@@ -42,3 +43,13 @@ class ReplayBuffer:
         pool = [s for s in self.samples if (s.prompt_id, s.completion) not in taken]
         picks = rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []
         return [pool[i] for i in sorted(picks)]
+
+
+def static_count(fraction: float, own: int, prompts: int) -> int:
+    """Static conversations in a refill: the share ``fraction`` of the buffer, at least ``fraction * prompts``."""
+    if fraction <= 0:
+        return 0
+    if fraction >= 1:
+        return prompts
+    return max(int(fraction / (1 - fraction) * own + 0.5), int(fraction * prompts + 0.5))
+

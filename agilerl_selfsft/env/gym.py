@@ -15,10 +15,10 @@ from agilerl_selfsft.data.chat import collate, tokenize_conversation
 from agilerl_selfsft.data.readers import as_conversations
 from agilerl_selfsft.data.tools import as_tool_text
 from agilerl_selfsft.distributed import DataParallel, shard_rows
-from agilerl_selfsft.env.buffer import ReplayBuffer
-from agilerl_selfsft.env.rewards import DEFAULT_TIMEOUT, WeightedReward, resolve_reward, score
+from agilerl_selfsft.env.buffer import ReplayBuffer, static_count
 from agilerl_selfsft.env.selection import STRATEGIES, select
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.rewards import DEFAULT_TIMEOUT, WeightedReward, resolve_reward, score
 from agilerl_selfsft.samples import Generations, Message, Scored, Task
 
 
@@ -108,9 +108,12 @@ class SelfSFTGym:
         ``reward``, defaults to None (single-turn completions)
     :type agent: Callable, optional
     :param reward_timeout: seconds each call of a reward function may take before the run stops with an error
-        naming it (see :func:`~agilerl_selfsft.env.rewards.score`), defaults to 300 (None: no limit, and the
+        naming it (see :func:`~agilerl_selfsft.rewards.score`), defaults to 300 (None: no limit, and the
         function runs in the calling thread)
     :type reward_timeout: float, optional
+    :param eval_reward: the reward inside :meth:`eval_mode` (held-out samples) when it should differ from
+        ``reward`` (e.g. a checker beside a ``majority_vote`` train reward), same forms, defaults to None (``reward``)
+    :type eval_reward: Any, optional
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class SelfSFTGym:
         accelerator: Any | None = None,
         agent: Callable[..., Any] | None = None,
         reward_timeout: float | None = DEFAULT_TIMEOUT,
+        eval_reward: Any = None,
     ) -> None:
         if (reward is None) == (agent is None):
             raise SelfSFTError("SelfSFTGym needs a reward, or an agent whose return value is the reward (not both)")
@@ -168,6 +172,10 @@ class SelfSFTGym:
         self.tokenizer = tokenizer
         self.agent = agent
         self.rewards: list[WeightedReward] = resolve_reward(reward) if reward is not None else []
+        if eval_reward is not None and agent is not None:
+            raise SelfSFTError("eval_reward needs a reward: an agent scores its held-out conversations itself")
+        self.eval_rewards = resolve_reward(eval_reward) if eval_reward is not None else self.rewards
+        self.reward_metrics: dict[str, float] = {}  # what the reward functions reported in the last score()
         self.data_batch_size_per_gpu = data_batch_size_per_gpu
         self.selection = selection
         self.threshold = threshold
@@ -214,18 +222,22 @@ class SelfSFTGym:
         return out
 
     # ---- scoring and selection ----
-    def score(self, tasks: list[Task], generations: Generations) -> list[Scored]:
-        """Score every completion of ``generations`` (``texts[i]`` answers ``tasks[i]``) with the reward."""
+    def score(self, tasks: list[Task], generations: Generations, policy: Any = None) -> list[Scored]:
+        """Score every completion of ``generations`` (``texts[i]`` answers ``tasks[i]``) with the reward (the eval
+        reward in :meth:`eval_mode`), ``policy`` handed to functions that take it; their counts: :attr:`reward_metrics`."""
         if self.agent is not None:
             raise SelfSFTError("this environment's samples are scored by its agent: use agents.rollout, not score")
         flat_tasks = [t for t, texts in zip(tasks, generations.texts, strict=True) for _ in texts]
         completions = [c for texts in generations.texts for c in texts]
         finished = [f for flags in generations.finished for f in flags]
+        self.reward_metrics = {}
         if not completions:
             return []
         names = {name for t in flat_tasks for name in t.columns}
         columns = {name: [t.columns.get(name) for t in flat_tasks] for name in names}
-        rewards = score(self.rewards, [t.prompt for t in flat_tasks], completions, columns, self.reward_timeout)
+        functions = self.eval_rewards if self.evaluation_mode else self.rewards
+        rewards = score(functions, [t.prompt for t in flat_tasks], completions, columns, self.reward_timeout, policy)
+        self.reward_metrics = dict(rewards.metrics)
         return [
             Scored(t.id, [*t.messages, {"role": "assistant", "content": c}], c, r, f)
             for t, c, r, f in zip(flat_tasks, completions, rewards, finished, strict=True)
@@ -323,7 +335,7 @@ class SelfSFTGym:
         fraction = self.static_fraction_at(1) if static_fraction is None else static_fraction
         if not self.static_data:
             fraction = 0.0
-        static = self.draw_static(_static_count(fraction, len(own), len({s.prompt_id for s in samples})))
+        static = self.draw_static(static_count(fraction, len(own), len({s.prompt_id for s in samples})))
         self.buffer = (own if fraction < 1 else []) + static
         self._order, self._cursor = [], 0
         return {
@@ -384,13 +396,4 @@ class SelfSFTGym:
                         learn_from=learn, tools=[s.tools for s in samples])
         batch["num_static"], batch["num_self"] = num_static, num_rows - num_static
         return batch
-
-
-def _static_count(fraction: float, own: int, prompts: int) -> int:
-    """Static conversations in a refill: the share ``fraction`` of the buffer, at least ``fraction * prompts``."""
-    if fraction <= 0:
-        return 0
-    if fraction >= 1:
-        return prompts
-    return max(int(fraction / (1 - fraction) * own + 0.5), int(fraction * prompts + 0.5))
 

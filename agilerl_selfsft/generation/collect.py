@@ -9,19 +9,28 @@ by the agent — and every process then gets every result, in task order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agilerl_selfsft.distributed import DataParallel
 from agilerl_selfsft.generation.agents import rollout
 from agilerl_selfsft.samples import Generations, Scored, Task
 
-if TYPE_CHECKING:
-    from agilerl_selfsft.env.gym import SelfSFTGym
+
+
+class Scorer(Protocol):
+    """What :func:`sample_scored` needs of an environment (:class:`~agilerl_selfsft.env.gym.SelfSFTGym` is one):
+    its multi-turn ``agent`` (or None) and a reward over one sampling call's completions."""
+
+    agent: Any
+
+    def score(self, tasks: list[Task], generations: Generations, policy: Any = None) -> list[Scored]:
+        """The scored samples of ``generations`` (K per task), ``policy`` being the agent that made them."""
+        ...
 
 
 def sample_scored(
     agent: Any,
-    env: SelfSFTGym,
+    env: Scorer,
     tasks: list[Task],
     num_generations: int | None = None,
     greedy: bool = False,
@@ -41,7 +50,7 @@ def sample_scored(
         generations, scored = done.generations(), done.scored()
     elif mine:
         generations = agent.sample([t.messages for t in mine], num_generations, greedy=greedy, temperature=temperature)
-        scored = env.score(mine, generations)
+        scored = env.score(mine, generations, policy=agent)
     else:  # more ranks than tasks
         generations, scored = Generations(), []
     if not dp.enabled:

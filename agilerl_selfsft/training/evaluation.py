@@ -31,11 +31,15 @@ def evaluate(
     :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward),
         ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
         sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``; with an agent that
-        returns ``(reward, info)``, ``eval_<key>`` (and ``eval_<key>_greedy``): the mean of each info value
+        returns ``(reward, info)``, ``eval_<key>`` (and ``eval_<key>_greedy``): the mean of each info value;
+        ``eval_<key>`` for each metric the reward functions reported on the sampled completions
     """
-    with env.eval_mode():
+    with env.eval_mode():  # the held-out prompts, scored by the eval reward
         tasks = env.prompts
-    scored, sampled = sample_scored(agent, env, tasks, num_samples, temperature=temperature)  # sharded over processes
+        scored, sampled = sample_scored(agent, env, tasks, num_samples, temperature=temperature)  # sharded
+        reported = dict(getattr(env, "reward_metrics", {}))
+        if greedy:
+            scored_greedy, decoded = sample_scored(agent, env, tasks, greedy=True)
     rewards = np.array([s.reward for s in scored])
     solved = {s.prompt_id for s in scored if s.reward >= env.threshold}
     result = {
@@ -46,8 +50,8 @@ def evaluate(
         "eval_seconds": sampled.seconds,
     }
     result.update({f"eval_{key}": value for key, value in info_means(scored).items()})
+    result.update({f"eval_{key}": value for key, value in reported.items()})  # the reward functions' own counts
     if greedy:
-        scored_greedy, decoded = sample_scored(agent, env, tasks, greedy=True)
         result["eval_reward_greedy"] = float(np.mean([s.reward for s in scored_greedy]))
         result.update({f"eval_{key}_greedy": value for key, value in info_means(scored_greedy).items()})
         result["eval_tokens"] += decoded.num_tokens

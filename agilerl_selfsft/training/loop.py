@@ -171,14 +171,14 @@ def finetune_llm_selfsft(
         for agent in pop:
             torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
             who = tag + (f" [agent {agent.index}]" if len(pop) > 1 else "")
-            scored, generations = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
+            scored, generations, counted = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
             if on_scored is not None and dp.is_main:
                 on_scored(iteration, agent, scored)
             stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
             learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose)  # 4.
             evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
             agent.metrics.add_fitness(evaluation["eval_reward"])
-            members.append(_member_row(agent, scored, generations, stats, learned, evaluation))
+            members.append(_member_row(agent, scored, generations, {**stats, **counted}, learned, evaluation))
         empty_streak = empty_streak + 1 if all(m["kept"] == 0 for m in members) else 0
         if empty_streak > 1:
             log.warning("%s Nothing passed the selection for %d iterations in a row: %s.",
@@ -217,16 +217,20 @@ def _resume(
 
 def _generate(
     agent: SelfSFT, env: SelfSFTGym, tasks: list[Task], iteration: int, who: str, verbose: bool
-) -> tuple[list[Scored], Generations]:
-    """1-2. Sample K completions (with an agent: K multi-turn conversations) per prompt and score them."""
+) -> tuple[list[Scored], Generations, dict[str, float]]:
+    """1-2. Sample K completions (with an agent: K multi-turn conversations) per prompt and score them; also
+    what the reward functions counted (``train_<metric>``)."""
     what = "agent conversations" if getattr(env, "agent", None) is not None else "completions"
     _info(verbose, "%s [Stage 1] Sampling %d %s for each of %d prompts (T=%.2f)...",
           who, agent.num_generations, what, len(tasks), agent.sampling_temperature)
     scored, generations = sample_scored(agent, env, tasks)  # each process its share, gathered
+    counted = {f"train_{k}": v for k, v in getattr(env, "reward_metrics", {}).items()}  # the reward functions'
+    if counted:
+        _info(verbose, "%s [Stage 2] Reward: %s.", who, ", ".join(f"{k} {v:g}" for k, v in sorted(counted.items())))
     crash_point("generate", iteration)
     _info(verbose, "%s [Stage 2] Generated %d tokens in %.1fs (%.0f tokens/s).", who, generations.num_tokens,
           generations.seconds, generations.num_tokens / max(generations.seconds, 1e-9))
-    return scored, generations
+    return scored, generations, counted
 
 
 def _select(

@@ -11,6 +11,7 @@ import torch
 
 from agilerl_selfsft.env.gym import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.rewards import RewardValues
 from agilerl_selfsft.samples import Generations, Scored, Task
 
 SFT_PROMPTS_KEYS = {"prompt", "response", "prompt_lengths", "input_ids", "attention_mask"}
@@ -307,3 +308,17 @@ def test_run_state_keeps_the_static_order(tokenizer):
     del state["static_order"]  # a state written before static data existed
     other.load_state_dict(state)
     assert other._static_order == []
+
+
+def test_eval_reward_scores_held_out_samples_and_reward_counts_are_kept(tokenizer):
+    def counting(prompts, completions, **kwargs):
+        return RewardValues([0.25] * len(completions), {"my_count": float(len(completions))})
+
+    tasks = make_tasks(COUNTRIES[:1])
+    env = make_env(tokenizer, counting, train=tasks, eval_reward="contains")
+    gens = Generations(texts=[["Paris", "Lyon"]], finished=[[True, True]])
+    assert [s.reward for s in env.score(tasks, gens)] == [0.25, 0.25] and env.reward_metrics == {"my_count": 2.0}
+    with env.eval_mode():
+        assert [s.reward for s in env.score(tasks, gens)] == [1.0, 0.0] and env.reward_metrics == {}
+    with pytest.raises(SelfSFTError, match="eval_reward needs a reward"):
+        SelfSFTGym(tasks, tasks, tokenizer, agent=lambda task, chat: 1.0, eval_reward="contains")

@@ -311,3 +311,18 @@ def test_resume_follows_latest_only_into_the_runs_own_checkpoints(make_agent, to
                                       prompts_per_iteration=2, eval_samples=1, checkpoint_path=run, verbose=False,
                                       resume=True)
     assert [r["iteration"] for r in history] == [0, 1, 2]
+
+
+def test_majority_vote_trains_and_a_real_reward_evaluates(tiny_agent, tokenizer, tmp_path):
+    """The YAML pairing for tasks without train labels: majority_vote on the train split, a checker held out;
+    the vote's own counts reach the metrics as train_*, the eval reward's none."""
+    env = SelfSFTGym(tasks(["one", "two", "three"]), tasks(["six", "seven"]), tokenizer,
+                     {"name": "majority_vote", "extract": "final_line", "min_agreement": 0.0},
+                     data_batch_size_per_gpu=4, keep_truncated=True, eval_reward="contains")
+    _, history = finetune_llm_selfsft([tiny_agent], env, iterations=1, prompts_per_iteration=3, sft_epochs=1,
+                                      eval_samples=2, checkpoint_path=tmp_path, verbose=False)
+    row = history[1]
+    assert 0.0 < row["train_label_agreement"] <= 1.0 and row["train_vote_skipped"] == 0.0
+    assert row["train_label_accuracy"] >= 0.0  # the train rows have answers: measured, never rewarded
+    assert row["train_reward"] > 0  # every prompt's majority scores 1 for its members
+    assert not any(k.startswith("eval_label") for k in row)  # held out: contains, which counts nothing

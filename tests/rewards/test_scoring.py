@@ -7,16 +7,17 @@ import math
 import pytest
 
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.env.rewards import (
+from agilerl_selfsft.rewards import (
     BUILTINS,
-    DEFAULT_FORMAT,
+    RewardValues,
     contains,
     exact_match,
     first_number,
-    format_regex,
     resolve_reward,
     score,
 )
+from agilerl_selfsft.rewards import format as format_reward
+from agilerl_selfsft.rewards.checks import DEFAULT_FORMAT
 
 
 def _one(fn, completion, answer):
@@ -83,12 +84,11 @@ def test_first_number(completion, answer, expected):
     assert _one(first_number, completion, answer) == expected
 
 
-def test_format_regex_needs_a_full_match_of_the_stripped_completion():
-    fn = format_regex(r"\d+")
-    assert fn(["q"] * 4, ["42", "  42\n", "42 apples", "x42"]) == [1.0, 1.0, 0.0, 0.0]
+def test_format_needs_a_full_match_of_the_stripped_completion():
+    got = format_reward(["q"] * 4, ["42", "  42\n", "42 apples", "x42"], pattern=r"\d+")
+    assert got == [1.0, 1.0, 0.0, 0.0]
     # DOTALL: "." spans lines
-    multi = format_regex(r"<a>.*</a>")
-    assert multi(["q"], ["<a>line 1\nline 2</a>"]) == [1.0]
+    assert format_reward(["q"], ["<a>line 1\nline 2</a>"], pattern=r"<a>.*</a>") == [1.0]
 
 
 def test_default_format_is_one_short_line():
@@ -115,7 +115,7 @@ def test_resolve_builtin_names_and_callables():
 
 
 def test_resolve_module_function_path():
-    (r,) = resolve_reward("agilerl_selfsft.env.rewards:contains")
+    (r,) = resolve_reward("agilerl_selfsft.rewards.checks:contains")
     assert r.fn is contains
 
 
@@ -133,10 +133,36 @@ def test_weighted_list_sums_weighted_rewards():
     assert totals == pytest.approx([3.5, 2.5, 0.5])
 
 
-def test_resolve_unknown_name_lists_the_builtins():
+def test_options_bind_keyword_arguments_and_unknown_options_are_named():
+    (r,) = resolve_reward({"name": "majority_vote", "extract": "last_number", "min_agreement": 0.0})
+    assert list(r.fn(["q", "q"], ["1 then 7", "7"])) == [1.0, 1.0]
+    with pytest.raises(SelfSFTError, match="no option 'extractor'.*extract, min_agreement"):
+        resolve_reward({"name": "majority_vote", "extractor": "boxed"})
+    with pytest.raises(SelfSFTError, match="no option 'policy'"):  # handed by the loop, never set
+        resolve_reward({"name": "contains", "policy": "x"})
+
+
+def test_score_hands_the_policy_only_to_functions_that_take_it_and_collects_metrics():
+    seen = {}
+
+    def needs_policy(prompts, completions, policy=None, **kwargs):
+        seen["policy"] = policy
+        return RewardValues([0.5] * len(completions), {"my_count": 3.0})
+
+    def plain(prompts, completions, answer):  # no **kwargs: must not get a policy keyword
+        return [1.0] * len(completions)
+
+    rewards = resolve_reward([needs_policy, plain])
+    assert [r.wants_policy for r in rewards] == [True, False]
+    totals = score(rewards, ["q"] * 2, ["a", "b"], {"answer": ["a", "b"]}, policy="the agent")
+    assert totals == [1.5, 1.5] and totals.metrics == {"my_count": 3.0} and seen["policy"] == "the agent"
+
+
+def test_resolve_unknown_name_lists_the_builtins_and_suggests_the_closest():
     with pytest.raises(SelfSFTError) as info:
         resolve_reward("exact_mach")
     message = str(info.value)
+    assert "did you mean 'exact_match'" in message
     assert "exact_mach" in message
     for name in BUILTINS:
         assert name in message
@@ -278,3 +304,15 @@ def test_a_reward_that_hangs_is_stopped_after_its_timeout_with_its_name():
 
     with pytest.raises(SelfSFTError, match=r"^reward function 'raises' raised RuntimeError: checker crashed$"):
         score(resolve_reward(raises), ["q"], ["a"], {}, timeout=5)  # errors read the same under a timeout
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [({"name": "majority_vote", "extract": "boxxed"}, "unknown extract 'boxxed'"),
+     ({"name": "majority_vote", "min_agreement": 1.5}, "min_agreement must be between 0 and 1"),
+     ({"name": "judge", "scale": [10, 1]}, "scale must be"),
+     ({"name": "judge", "max_new_tokens": 0}, "max_new_tokens must be")],
+)
+def test_bad_options_of_a_builtin_fail_when_resolved(spec, match):
+    with pytest.raises(SelfSFTError, match=match):
+        resolve_reward(spec)
