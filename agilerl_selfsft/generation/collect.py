@@ -16,7 +16,6 @@ from agilerl_selfsft.generation.agents import rollout
 from agilerl_selfsft.samples import Generations, Scored, Task
 
 
-
 class Scorer(Protocol):
     """What :func:`sample_scored` needs of an environment (:class:`~agilerl_selfsft.env.gym.SelfSFTGym` is one):
     its multi-turn ``agent`` (or None) and a reward over one sampling call's completions."""

@@ -23,7 +23,8 @@ def normalise(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _answers(answer: Any) -> list[str]:
+def accepted_answers(answer: Any) -> list[str]:
+    """A row's answer as the list of accepted strings (one string, or a list of them)."""
     return [str(a) for a in answer] if isinstance(answer, (list, tuple)) else [str(answer)]
 
 
@@ -40,7 +41,7 @@ def exact_match(prompts: list, completions: list[str], answer: list, **_: Any) -
     out = []
     for completion, ans in zip(completions, answer, strict=True):
         got = normalise(completion).strip(" .!?\"'")
-        out.append(float(any(got == normalise(a).strip(" .!?\"'") for a in _answers(ans))))
+        out.append(float(any(got == normalise(a).strip(" .!?\"'") for a in accepted_answers(ans))))
     return out
 
 
@@ -49,7 +50,7 @@ def contains(prompts: list, completions: list[str], answer: list, **_: Any) -> l
     out = []
     for completion, ans in zip(completions, answer, strict=True):
         text = normalise(completion)
-        out.append(float(any(re.search(rf"(?<!\w){re.escape(normalise(a))}(?!\w)", text) for a in _answers(ans))))
+        out.append(float(any(re.search(rf"(?<!\w){re.escape(normalise(a))}(?!\w)", text) for a in accepted_answers(ans))))
     return out
 
 
@@ -59,7 +60,7 @@ def first_number(prompts: list, completions: list[str], answer: list, **_: Any) 
     for completion, ans in zip(completions, answer, strict=True):
         match = NUMBER.search(str(completion))
         got = as_number(match.group()) if match else None
-        wanted = [as_number(a) for a in _answers(ans)]
+        wanted = [as_number(a) for a in accepted_answers(ans)]
         out.append(float(got is not None and any(
             w is not None and math.isclose(got, w, rel_tol=0, abs_tol=1e-9) for w in wanted)))
     return out

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.rewards.checks import NUMBER, as_number, normalise
+from agilerl_selfsft.rewards.checks import NUMBER, accepted_answers, as_number, normalise
 from agilerl_selfsft.rewards.scoring import RewardValues, import_function
 
 
@@ -125,7 +125,7 @@ def majority_vote(
             agreement.append(0.0)
             skipped += 1
             continue
-        label = max(votes, key=lambda a: (votes[a], -next(i for i in members if got[i] == a)))  # ties: earliest
+        label = votes.most_common(1)[0][0]  # counted in sample order: a tie goes to the earliest answer
         share = votes[label] / len(members)
         agreement.append(share)
         if share < min_agreement:
@@ -133,8 +133,7 @@ def majority_vote(
             continue
         voted += 1
         if answer is not None:
-            gold = answer[members[0]]
-            correct += label in {canonical(a) for a in (gold if isinstance(gold, (list, tuple)) else [gold])}
+            correct += label in {canonical(a) for a in accepted_answers(answer[members[0]])}
         for i in members:
             rewards[i] = float(got[i] == label)
     metrics = {"label_agreement": sum(agreement) / len(agreement) if agreement else 0.0,
