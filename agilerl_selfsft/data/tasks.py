@@ -20,6 +20,8 @@ from agilerl_selfsft.samples import Task
 CAPITALS_DIR = Path(__file__).parent / "builtin" / "capitals"
 # small + and - with a 3-shot prefix; reward first_number
 ARITHMETIC_DIR = Path(__file__).parent / "builtin" / "arithmetic"
+# short Python functions with assert tests (benchmarks/make_code_task.py); reward python_tests
+CODE_DIR = Path(__file__).parent / "builtin" / "code"
 
 
 def load_tasks(source: Any, on_error: OnError = "stop") -> list[Task]:

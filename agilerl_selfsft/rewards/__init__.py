@@ -13,6 +13,7 @@ as keyword arguments (defaults given), so ``reward: {name: majority_vote, extrac
 """
 
 from agilerl_selfsft.rewards.checks import contains, exact_match, first_number, format  # noqa: A004
+from agilerl_selfsft.rewards.code import python_tests
 from agilerl_selfsft.rewards.judge import judge
 from agilerl_selfsft.rewards.registry import BUILTINS, resolve_reward
 from agilerl_selfsft.rewards.scoring import (
@@ -27,5 +28,5 @@ from agilerl_selfsft.rewards.vote import majority_vote
 
 __all__ = [
     "BUILTINS", "DEFAULT_TIMEOUT", "RewardFn", "RewardValues", "WeightedReward", "contains", "exact_match",
-    "first_number", "format", "import_function", "judge", "majority_vote", "resolve_reward", "score",
+    "first_number", "format", "import_function", "judge", "majority_vote", "python_tests", "resolve_reward", "score",
 ]

@@ -17,6 +17,8 @@ from typing import Any
 
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.rewards.checks import contains, exact_match, first_number, format  # noqa: A004
+from agilerl_selfsft.rewards.code import check_options as check_code
+from agilerl_selfsft.rewards.code import python_tests
 from agilerl_selfsft.rewards.judge import check_options as check_judge
 from agilerl_selfsft.rewards.judge import judge
 from agilerl_selfsft.rewards.scoring import RewardFn, WeightedReward, import_function
@@ -30,9 +32,11 @@ BUILTINS: dict[str, RewardFn] = {
     "format": format,
     "majority_vote": majority_vote,
     "judge": judge,
+    "python_tests": python_tests,
 }
 # Checks of a built-in's options, run when a spec is resolved (a typo fails before the model loads).
-OPTION_CHECKS: dict[str, Callable[..., None]] = {"majority_vote": check_vote, "judge": check_judge}
+OPTION_CHECKS: dict[str, Callable[..., None]] = {"majority_vote": check_vote, "judge": check_judge,
+                                                 "python_tests": check_code}
 
 
 def _keywords(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
