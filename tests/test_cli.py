@@ -317,7 +317,7 @@ def test_a_damaged_checkpoint_is_one_line(workdir, tiny_model_dir, capsys):
     assert code == 2 and "is damaged" in line
 
 
-@pytest.mark.parametrize("name", ["capitals.yaml", "capital_agent.yaml"])
+@pytest.mark.parametrize("name", ["capitals.yaml", "capital_agent.yaml", "code.yaml"])
 def test_shipped_configs_load_with_their_data_and_functions(name):
     from agilerl_selfsft.cli import DEMO_CONFIG
     from agilerl_selfsft.config import load_config
@@ -325,8 +325,12 @@ def test_shipped_configs_load_with_their_data_and_functions(name):
     from agilerl_selfsft.rewards import import_function, resolve_reward
 
     config = load_config(DEMO_CONFIG.parent / name)
-    assert len(load_tasks(config.task.train)) == 159 and len(load_tasks(config.task.eval)) == 40
-    if config.agent is not None:
+    sizes = (135, 40) if name == "code.yaml" else (159, 40)
+    assert (len(load_tasks(config.task.train)), len(load_tasks(config.task.eval))) == sizes
+    if name == "code.yaml":
+        assert [r.name for r in resolve_reward(config.reward)] == ["python_tests"]
+        assert all(t.columns["tests"] for t in load_tasks(config.task.train))
+    elif config.agent is not None:
         assert import_function(config.agent, "agent").__name__ == "capital_agent"
     else:
         assert [r.name for r in resolve_reward(config.reward)] == ["contains"]
