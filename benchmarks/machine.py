@@ -80,6 +80,9 @@ def machine_info(threads: int) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "requested_threads": threads,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # bf16 may run 150x slower than fp32 on one CPU and 7x faster on another: measured, never assumed
+        "matmul_gflops": {"float32": round(matmul_gflops(1.0), 1),
+                          "bfloat16": round(matmul_gflops(1.0, size=512, dtype=torch.bfloat16), 1)},
     }
 
 
@@ -147,7 +150,11 @@ def environment_markdown(result: dict[str, Any]) -> list[str]:
         "## Machine",
         "",
         f"- platform: {m['platform']} (Python {m['python']})",
-        f"- CPU: {m['cpu_model']}; nproc {m['nproc']} (os.cpu_count {m['cpu_count']})",
+        f"- CPU: {m['cpu_model']}; nproc {m['nproc']} (os.cpu_count {m['cpu_count']}); flags "
+        f"{', '.join(m.get('cpu_flags', [])) or 'none of those checked'}",
+        *([f"- matmul at {m['torch_threads']} thread(s): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in
+                                                                       m["matmul_gflops"].items())]
+          if m.get("matmul_gflops") else []),
         f"- torch {m['torch']}, threads {m['torch_threads']}; transformers {m['transformers']}, peft {m['peft']}, "
         f"agilerl {m['agilerl']}, agilerl_selfsft {m['agilerl_selfsft']}",
         f"- CUDA: {m['cuda'] or 'none'}",
