@@ -13,7 +13,6 @@ from transformers import PreTrainedTokenizerBase
 
 from agilerl_selfsft.data.chat import collate, tokenize_conversation
 from agilerl_selfsft.data.readers import as_conversations
-from agilerl_selfsft.data.tools import as_tool_text
 from agilerl_selfsft.distributed import DataParallel, shard_rows
 from agilerl_selfsft.env.buffer import ReplayBuffer, static_count
 from agilerl_selfsft.env.selection import STRATEGIES, select
