@@ -1,20 +1,25 @@
 """Learning benchmark: held-out reward against training time for SelfSFT, its random-selection control, AgileRL's
 GRPO (as shipped and with ``initial_prompt_len`` fixed) and SFT on the gold answers, on the embedded model.
 
-For each task (capitals with the ``contains`` reward, arithmetic with ``first_number``), each seed and each
-method, a run trains LoRA adapters from the same base model (SmolLM2-135M-Instruct, fp32, LoRA r16 on all
+For each task (capitals with the ``contains`` reward, arithmetic with ``first_number``; ``--tasks code``, the
+shipped code task with ``python_tests``, is opt-in: its 160-token answers make runs several times slower), each
+seed and each method, a run trains LoRA adapters from the same base model (SmolLM2-135M-Instruct, fp32, LoRA r16 on all
 linear layers, lr 2e-4 for every method) under the same budget of training seconds, and evaluates the held-out
 prompts every quarter of the budget and at the end (greedy reward, and the mean reward of ``--eval-samples``
 samples per prompt at T=0.8), off the clock. Every method is evaluated by the same code
 (``agilerl_selfsft.training.evaluation.evaluate`` on a SelfSFT agent; GRPO's adapter is loaded into one). The untrained
 model is evaluated once per task and seed: the t=0 point of every curve. What one iteration of each method is,
-and how tokens are counted: ``learning_methods.py``.
+and how tokens are counted: ``learning_methods.py``. Two methods learn without the task's checker, which still
+scores the held-out split: ``vote`` (``majority_vote``, arithmetic only) and ``judge`` (the policy judging
+itself, capitals only).
 
 Each run is its own process (fresh memory) with one torch thread; ``--jobs`` of them run at once, seeds
 outermost and the method order rotated, so no method always runs in the same conditions.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning.py                  # full: 2 tasks x 3 seeds x 5 methods
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning.py --quick          # smoke test (capitals, 1 seed)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning.py --tasks arithmetic capitals --methods selfsft vote judge \
+        --budget-s 90 --eval-every-s 45 --eval-prompts 20 --output-dir benchmarks/results/learning_rewards
     .venv/bin/python benchmarks/learning.py --from-json benchmarks/results/learning/learning.json   # re-render
 
 Writes ``learning.json`` (every point, settings, machine), ``learning.md`` (tables and the two goal checks) and
@@ -42,20 +47,24 @@ sys.path.insert(0, str(HERE))  # run as a script: import the sibling modules
 sys.path.insert(1, str(HERE.parent))  # and the library of this checkout
 
 # as in learning_methods (checked in main), which is not imported for --from-json: it loads agilerl
-METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft")
-TASKS = ("capitals", "arithmetic")
+METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge")
+TASKS = ("capitals", "arithmetic", "code")
+DEFAULT_TASKS = ("capitals", "arithmetic")  # code's 160-token answers make its runs several times slower
+ONLY_ON = {"vote": ("arithmetic",), "judge": ("capitals",)}  # methods run on some tasks only
 COLOURS = {"selfsft": "tab:blue", "random": "tab:gray", "grpo_shipped": "tab:orange", "grpo_fixed": "tab:red",
-           "gold_sft": "tab:green"}
+           "gold_sft": "tab:green", "vote": "tab:purple", "judge": "tab:brown"}
 
 
 # ---- running ----
 def job_order(tasks: list[str], seeds: list[int], methods: list[str]) -> list[dict[str, Any]]:
-    """Seeds outermost; per task the base evaluation first, then the methods in an order rotated every time."""
+    """Seeds outermost; per task the base evaluation first, then the methods in an order rotated every time
+    (a method of :data:`ONLY_ON` runs on its tasks only)."""
     jobs, turn = [], 0
     for seed in seeds:
         for task in tasks:
             jobs.append({"task": task, "seed": seed, "method": "base"})
-            rotated = methods[turn % len(methods):] + methods[: turn % len(methods)]
+            here = [m for m in methods if task in ONLY_ON.get(m, (task,))]
+            rotated = here[turn % len(here):] + here[: turn % len(here)] if here else []
             jobs += [{"task": task, "seed": seed, "method": m} for m in rotated]
             turn += 1
     return jobs
@@ -173,6 +182,29 @@ def goals(result: dict[str, Any], task: str, table: dict[str, dict[str, Any]]) -
     return lines
 
 
+def reward_lines(result: dict[str, Any], task: str) -> list[str]:
+    """Per method: its training reward when that is not the task's checker, the counts its training reward
+    reported (mean per iteration, over every iteration of every seed) and those of the final evaluation."""
+    lines = []
+    for method in ["base", *result["settings"]["methods"]]:
+        runs = [r for r in result["runs"] if r["task"] == task and r["method"] == method and r["points"]]
+        per_iteration = [m for r in runs for p in r["points"] for m in p.get("train_reward_metrics", [])]
+        finals = [r["points"][-1].get("eval_reward_metrics", {}) for r in runs]
+        spec = runs[0].get("train_reward") if runs else None
+        parts = [f"trained on `{json.dumps(spec)}`"] if spec not in (None, result["rewards"][task]) else []
+        keys = sorted({k for m in per_iteration for k in m})
+        if keys:
+            parts.append(f"its counts per iteration ({len(per_iteration)} iterations): "
+                         + ", ".join(f"{k} {np.mean([m.get(k, 0.0) for m in per_iteration]):.2f}" for k in keys))
+        keys = sorted({k for m in finals for k in m})
+        if keys:
+            parts.append(f"final held-out counts (mean over {len(finals)} seeds): "
+                         + ", ".join(f"{k} {np.mean([m.get(k, 0.0) for m in finals]):.1f}" for k in keys))
+        if parts:
+            lines.append(f"- {method}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     from machine import environment_markdown
 
@@ -204,7 +236,7 @@ def markdown(result: dict[str, Any]) -> str:
                       f"{len(grpo)} runs; prompts repeated within a run's first pass over the train set: "
                       f"{sum(r['grpo_repeats_in_first_pass'] for r in grpo)} (successive `finetune_llm_reasoning` calls "
                       "continue through the dataset)."]
-        lines += ["", *goals(result, task, table), "", f"![{task}](learning_{task}.png)", ""]
+        lines += ["", *reward_lines(result, task), *goals(result, task, table), "", f"![{task}](learning_{task}.png)", ""]
     failed = [r for r in result["runs"] if r.get("error")]
     if failed:
         lines += ["## Failed runs", "", *(f"- {r['task']} seed {r['seed']} {r['method']}: {r['error']}" for r in failed), ""]
@@ -258,6 +290,7 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts used (default 40 = all; quick 8)")
     parser.add_argument("--eval-every-s", type=float, default=None, help="training s between evaluations (default budget/4)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature of training samples (default 0.8)")
+    parser.add_argument("--prompts-per-iteration", type=int, default=None, help="train prompts per SFT iteration (default 16)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, 1 thread each")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--from-json", default=None, help="re-render learning.md and the plots from this learning.json")
@@ -274,13 +307,16 @@ def main() -> None:
     from learning_methods import Settings
     from machine import command_line, machine_info, machine_load, matmul_gflops, nproc
 
-    assert tuple(RUN_METHODS) == METHODS and tuple(TASK_REWARDS) == TASKS, "learning.py and learning_methods.py disagree"
+    from learning_methods import ONLY_ON as RUN_ONLY_ON
+
+    assert (tuple(RUN_METHODS), tuple(TASK_REWARDS), RUN_ONLY_ON) == (METHODS, TASKS, ONLY_ON), \
+        "learning.py and learning_methods.py disagree"
     torch.set_num_threads(1)
     settings = Settings.quick() if args.quick else Settings()
-    for name in ("budget_s", "eval_samples", "eval_prompts", "eval_every_s", "temperature"):
+    for name in ("budget_s", "eval_samples", "eval_prompts", "eval_every_s", "temperature", "prompts_per_iteration"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
-    tasks = args.tasks or (["capitals"] if args.quick else list(TASKS))
+    tasks = args.tasks or (["capitals"] if args.quick else list(DEFAULT_TASKS))
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     out_dir = Path(args.output_dir or ("runs/learning_quick" if args.quick else HERE / "results" / "learning"))
     jobs = job_order(tasks, seeds, list(args.methods))

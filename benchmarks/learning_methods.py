@@ -14,6 +14,11 @@ One iteration of each method:
   those with reward >= 1 (``selection="threshold"``), then ``sft_epochs`` passes of response-only SFT on them;
 - ``random``: the same, keeping as many samples as the threshold would, drawn at random (``selection="random"``);
 - ``gold_sft``: the same SFT on the gold answers of the next ``prompts_per_iteration`` train prompts;
+- ``vote`` / ``judge``: ``selfsft`` trained on a reward that needs no checker (:data:`TRAIN_REWARDS`), while the
+  task's checker still scores the held-out split (``eval_reward``). ``vote`` is ``majority_vote`` on
+  arithmetic with the train answers moved out of the ``answer`` column (only its ``label_accuracy`` metric reads
+  them, under another name); ``judge`` is the base model judging its own capitals answers on the 1-10 rubric
+  (``model: policy``: the frozen reference adapter), keeping those it scores 6 or more;
 - ``grpo_shipped`` / ``grpo_fixed``: one call of AgileRL 2.10.0's ``finetune_llm_reasoning`` with
   ``max_steps=grpo_prompts_per_step`` (one GRPO step: that many prompts x K completions) on a ReasoningGym
   over the same prompts and reward. ``grpo_fixed`` sets ``initial_prompt_len`` on every prompt (notes, pitfall
@@ -53,7 +58,7 @@ from peft import LoraConfig  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, load_model, load_tasks  # noqa: E402
 from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
-from agilerl_selfsft.data.tasks import ARITHMETIC_DIR, CAPITALS_DIR  # noqa: E402
+from agilerl_selfsft.data.tasks import ARITHMETIC_DIR, CAPITALS_DIR, CODE_DIR  # noqa: E402
 from agilerl_selfsft.rewards import resolve_reward, score  # noqa: E402
 from agilerl_selfsft.generation.collect import sample_scored  # noqa: E402
 from agilerl_selfsft.samples import Scored, Task  # noqa: E402
@@ -61,8 +66,18 @@ from agilerl_selfsft.training.checkpoints import load_adapters, save_iteration  
 from agilerl_selfsft.training.evaluation import evaluate  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-TASKS = {"capitals": (CAPITALS_DIR, "contains"), "arithmetic": (ARITHMETIC_DIR, "first_number")}
-METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft")
+TASKS = {"capitals": (CAPITALS_DIR, "contains"), "arithmetic": (ARITHMETIC_DIR, "first_number"),
+         "code": (CODE_DIR, "python_tests")}
+METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge")
+NEW_TOKENS = {"code": 160}  # max_new_tokens of a task whose answers are longer than the settings' (training and eval)
+# Tasks whose rows cut off at max_new_tokens may still be kept: the model explains after its code block, and the
+# reward ran the code, so a reply cut off in the explanation is still a right program.
+KEEP_TRUNCATED = ("code",)
+# The training reward (and selection threshold) of the methods that learn without the task's checker.
+TRAIN_REWARDS = {"vote": ({"name": "majority_vote", "extract": "first_number", "min_agreement": 0.5,
+                           "gold_column": "hidden_answer"}, 1.0),
+                 "judge": ({"name": "judge", "model": "policy", "scale": [1, 10]}, 5 / 9)}  # a score of 6 or more
+ONLY_ON = {"vote": ("arithmetic",), "judge": ("capitals",)}  # the tasks a method is run on (others: every task)
 
 
 @dataclass
@@ -176,11 +191,16 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
     """
     torch.set_num_threads(1)
     folder, reward_name = TASKS[task]
+    s = dataclasses.replace(s, max_new_tokens=NEW_TOKENS.get(task, s.max_new_tokens))
     train, held_out = load_tasks(folder / "train.jsonl"), load_tasks(folder / "eval.jsonl")[: s.eval_prompts]
+    train_reward_spec, threshold = TRAIN_REWARDS.get(method, (reward_name, 1.0))
+    if method == "vote":  # no train labels: majority_vote's label_accuracy alone reads them, under another name
+        train = [dataclasses.replace(t, columns={"hidden_answer": t.columns["answer"]}) for t in train]
     started = time.perf_counter()
     agent, tokenizer = selfsft_agent(s, seed)  # the trainer (SFT methods) or the evaluator (GRPO)
-    env = SelfSFTGym(train, held_out, tokenizer, reward_name, data_batch_size_per_gpu=s.sft_batch_size,
-                     selection="random" if method == "random" else "threshold", threshold=1.0, seed=seed)
+    env = SelfSFTGym(train, held_out, tokenizer, train_reward_spec, data_batch_size_per_gpu=s.sft_batch_size,
+                     selection="random" if method == "random" else "threshold", threshold=threshold, seed=seed,
+                     eval_reward=reward_name, keep_truncated=task in KEEP_TRUNCATED)
     points: list[dict[str, Any]] = []
     totals = {"train_s": 0.0, "gen_tokens": 0, "trained_tokens": 0, "iterations": 0}
     extra: dict[str, Any] = {}
@@ -190,7 +210,9 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
         ev = evaluate(agent, env, s.eval_samples, True, temperature=s.eval_temperature)
         rewards = [c["train_reward"] for c in chunk if c.get("train_reward") is not None]
         losses = [c["loss"] for c in chunk if c.get("loss") is not None]
-        points.append({"train_s": round(totals["train_s"], 2), "iterations": totals["iterations"],
+        points.append({"train_reward_metrics": [c["reward_metrics"] for c in chunk],  # per iteration since the last
+                       "eval_reward_metrics": {k: v for k, v in ev.items() if k.startswith(("eval_code_", "eval_label_"))},
+                       "train_s": round(totals["train_s"], 2), "iterations": totals["iterations"],
                        "sampled": ev["eval_reward"], "greedy": ev["eval_reward_greedy"],
                        "gen_tokens": totals["gen_tokens"], "trained_tokens": totals["trained_tokens"],
                        "eval_s": round(ev["eval_seconds"], 1),
@@ -217,11 +239,12 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
         tasks = env.sample_prompts(s.prompts_per_iteration)
         if method == "gold_sft":
             scored = [Scored(t.id, [*t.messages, {"role": "assistant", "content": gold(t)}], gold(t), 1.0) for t in tasks]
-            train_reward = None
+            train_reward, metrics = None, {}
         else:
             scored, generations = sample_scored(agent, env, tasks)
             totals["gen_tokens"] += generations.num_tokens
             train_reward = sum(x.reward for x in scored) / len(scored)
+            metrics = dict(env.reward_metrics)
         stats = env.refill(scored)
         losses = []
         if stats["buffer"]:
@@ -231,11 +254,11 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
                 totals["trained_tokens"] += int(batch["loss_mask"].sum())
                 batch = env.step()
         loss = sum(losses) / len(losses) if losses else None
-        return {"train_reward": train_reward, "kept": int(stats["kept"]), "loss": loss}
+        return {"train_reward": train_reward, "kept": int(stats["kept"]), "loss": loss, "reward_metrics": metrics}
 
     if method == "base":
         evaluate_point([])
-    elif method in ("selfsft", "random", "gold_sft"):
+    elif method in ("selfsft", "random", "gold_sft", *TRAIN_REWARDS):
         train_until_budget(sft_iteration)
     elif method in ("grpo_shipped", "grpo_fixed"):
         rewards = resolve_reward(reward_name)
@@ -282,7 +305,8 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
                  "grpo_first_prompts": genv.prompts_seen[:3]}
     else:
         raise ValueError(f"unknown method {method!r}; choose base or one of {', '.join(METHODS)}")
-    return {"task": task, "seed": seed, "method": method, "reward": reward_name, "points": points,
+    return {"task": task, "seed": seed, "method": method, "reward": reward_name, "train_reward": train_reward_spec,
+            "max_new_tokens": s.max_new_tokens, "points": points,
             "train_s": round(totals["train_s"], 2), "iterations": totals["iterations"],
             "wall_s": round(time.perf_counter() - started, 1), "peak_rss_mib": round(peak_rss_mib()),
             "torch_threads": torch.get_num_threads(), **extra}
