@@ -334,6 +334,7 @@ def test_python_tests_scores_the_shipped_code_task_in_the_loop(tiny_agent, token
     and an iteration where nothing passes is logged, not fatal."""
     from agilerl_selfsft import load_tasks
     from agilerl_selfsft.data.tasks import CODE_DIR
+    from agilerl_selfsft.rewards.sandbox import OUTCOMES
 
     train, held_out = load_tasks(CODE_DIR / "train.jsonl")[:3], load_tasks(CODE_DIR / "eval.jsonl")[:2]
     env = SelfSFTGym(train, held_out, tokenizer, {"name": "python_tests", "timeout": 5}, data_batch_size_per_gpu=4,
@@ -341,7 +342,6 @@ def test_python_tests_scores_the_shipped_code_task_in_the_loop(tiny_agent, token
     _, history = finetune_llm_selfsft([tiny_agent], env, iterations=1, prompts_per_iteration=3, sft_epochs=1,
                                       eval_samples=2, checkpoint_path=tmp_path, verbose=False)
     row = history[1]
-    outcomes = ("passed", "syntax_error", "timeout", "killed_memory", "assertion", "crashed")
-    assert sum(row[f"train_code_{o}"] for o in outcomes) == 3 * tiny_agent.num_generations
-    assert sum(row[f"eval_code_{o}"] for o in outcomes) > 0
+    assert sum(row[f"train_code_{o}"] for o in OUTCOMES) == 3 * tiny_agent.num_generations
+    assert sum(row[f"eval_code_{o}"] for o in OUTCOMES) > 0
     assert row["train_reward"] == 0.0 and row["eval_reward"] == 0.0
