@@ -12,7 +12,7 @@ from agilerl_selfsft import _compat  # noqa: F401  (must run before any agilerl.
 from agilerl_selfsft.algorithm import SelfSFT
 from agilerl_selfsft.data import load_conversations, load_tasks
 from agilerl_selfsft.distributed import make_accelerator
-from agilerl_selfsft.env import REWARDS, SelfSFTGym
+from agilerl_selfsft.env import REWARDS, DifficultySettings, SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.export import (
     build_pairs,
@@ -37,6 +37,7 @@ from agilerl_selfsft.training import (
 )
 
 __all__ = [
+    "DifficultySettings",
     "EMBEDDED_NAME",
     "REWARDS",
     "SelfSFT",

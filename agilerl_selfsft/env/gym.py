@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -14,7 +13,8 @@ from transformers import PreTrainedTokenizerBase
 from agilerl_selfsft.data.chat import collate, tokenize_conversation
 from agilerl_selfsft.data.readers import as_conversations
 from agilerl_selfsft.distributed import DataParallel, shard_rows
-from agilerl_selfsft.env.buffer import ReplayBuffer, static_count
+from agilerl_selfsft.env.buffer import ReplayBuffer, draw_static, static_count
+from agilerl_selfsft.env.curriculum import Curriculum, DifficultySettings
 from agilerl_selfsft.env.selection import STRATEGIES, select
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.rewards import DEFAULT_TIMEOUT, WeightedReward, resolve_reward, score
@@ -43,12 +43,9 @@ class SelfSFTGym:
 
     **Static data** (``static_data``: SFT conversations that are not generated, e.g. oracle trajectories) is
     mixed into every refill: the share ``f`` of the buffer (:meth:`static_fraction_at`) is static
-    conversations, walked in a shuffled order so each comes up once per pass. With ``n`` self-generated
-    samples (selected plus replayed) and ``p`` prompts sampled, a refill takes
-    ``max(f / (1 - f) * n, f * p)`` static conversations: exactly the share ``f`` once the self-generated
-    samples are at least ``(1 - f) * p``, and a floor of ``f * p`` before (a warm start still learns when
-    little or nothing passes the selection). ``f = 1`` learns ``p`` static conversations and no
-    self-generated sample (the selected ones are still remembered for replay).
+    conversations, walked in shuffled passes; with ``n`` self-generated samples and ``p`` prompts sampled, a
+    refill takes ``max(f / (1 - f) * n, f * p)`` of them (:func:`~agilerl_selfsft.env.buffer.static_count`: a
+    warm start still learns when little passes the selection); ``f = 1`` learns static conversations only.
 
     With a population, every agent trains on its own samples: :meth:`refill` takes the agent's index and
     keeps one replay memory per agent (:attr:`replays`); after a tournament, :meth:`inherit_replays` hands
@@ -76,10 +73,15 @@ class SelfSFTGym:
     :type top_fraction: float, optional
     :param keep_truncated: also keep completions cut off at ``max_new_tokens``, defaults to False
     :type keep_truncated: bool, optional
+    :param prefer_shorter: among equally rewarded samples, prefer the shorter (see ``select``), defaults to False
+    :type prefer_shorter: bool, optional
     :param replay_capacity: past winners remembered for replay, defaults to 0 (off)
     :type replay_capacity: int, optional
     :param replay_ratio: replayed samples added per new sample, defaults to 0.5
     :type replay_ratio: float, optional
+    :param accumulate: every refill learns all samples selected so far (ReST-EM's data; ``restart_from_base``
+        in the loop): the replay memory keeps them all, replayed in full, defaults to False
+    :type accumulate: bool, optional
     :param max_context_length: longest training sequence in tokens (longer ones are cut), defaults to None
     :type max_context_length: int, optional
     :param static_data: static SFT conversations to mix in: a source
@@ -113,6 +115,9 @@ class SelfSFTGym:
     :param eval_reward: the reward inside :meth:`eval_mode` (held-out samples) when it should differ from
         ``reward`` (e.g. a checker beside a ``majority_vote`` train reward), same forms, defaults to None (``reward``)
     :type eval_reward: Any, optional
+    :param sampling: difficulty-aware sampling (:class:`~agilerl_selfsft.env.curriculum.DifficultySettings` or
+        a dict of its fields), defaults to None (every train prompt once per pass)
+    :type sampling: DifficultySettings | dict, optional
     """
 
     def __init__(
@@ -127,8 +132,10 @@ class SelfSFTGym:
         top_k: int = 1,
         top_fraction: float = 0.25,
         keep_truncated: bool = False,
+        prefer_shorter: bool = False,
         replay_capacity: int = 0,
         replay_ratio: float = 0.5,
+        accumulate: bool = False,
         max_context_length: int | None = None,
         static_data: Any | None = None,
         static_fraction: float = 0.5,
@@ -139,6 +146,7 @@ class SelfSFTGym:
         agent: Callable[..., Any] | None = None,
         reward_timeout: float | None = DEFAULT_TIMEOUT,
         eval_reward: Any = None,
+        sampling: DifficultySettings | dict[str, Any] | None = None,
     ) -> None:
         if (reward is None) == (agent is None):
             raise SelfSFTError("SelfSFTGym needs a reward, or an agent whose return value is the reward (not both)")
@@ -180,19 +188,19 @@ class SelfSFTGym:
         self.threshold = threshold
         self.top_k = top_k
         self.top_fraction = top_fraction
-        self.keep_truncated = keep_truncated
+        self.keep_truncated, self.prefer_shorter, self.accumulate = keep_truncated, prefer_shorter, accumulate
         self.replay_capacity = replay_capacity
         self.replays: dict[int, ReplayBuffer] = {}
         self.replay_ratio = replay_ratio
         self.max_context_length = max_context_length
         self.rng = np.random.default_rng(seed)
         self.buffer: list[Scored] = []
-        self.evaluation_mode = False
-        self.num_epochs = 0
-        self._order: list[int] = []
-        self._cursor = 0
+        self.evaluation_mode = False  # see eval_mode()
+        self.num_epochs, self._order, self._cursor = 0, [], 0
         self._rows = data_batch_size_per_gpu
-        self._prompt_order: list[int] = []
+        if isinstance(sampling, dict):
+            sampling = DifficultySettings(**sampling)
+        self.curriculum = Curriculum([t.id for t in train_tasks], self.rng, sampling)
         ReplayBuffer(replay_capacity)  # checks the capacity now, not at the first refill
         self.accelerator = accelerator
 
@@ -211,14 +219,11 @@ class SelfSFTGym:
         finally:
             self.evaluation_mode = False
 
-    def sample_prompts(self, n: int) -> list[Task]:
-        """The next ``n`` train prompts, walking a shuffled order so every prompt comes up once per pass."""
-        out: list[Task] = []
-        while len(out) < min(n, len(self.train_tasks)):
-            if not self._prompt_order:
-                self._prompt_order = list(self.rng.permutation(len(self.train_tasks)))
-            out.append(self.train_tasks[self._prompt_order.pop()])
-        return out
+    def sample_prompts(self, n: int, exclude: set[int] = frozenset()) -> list[Task]:
+        """The next ``n`` train prompts (not those whose ids ``exclude`` names), walking a shuffled order so every
+        prompt comes up once per pass; with difficulty settings, mastered and never-solved ones are skipped
+        (:meth:`Curriculum.draw <agilerl_selfsft.env.curriculum.Curriculum.draw>`)."""
+        return [self.train_tasks[i] for i in self.curriculum.draw(n, exclude)]
 
     # ---- scoring and selection ----
     def score(self, tasks: list[Task], generations: Generations, policy: Any = None) -> list[Scored]:
@@ -245,7 +250,7 @@ class SelfSFTGym:
     def replay_for(self, member: int = 0) -> ReplayBuffer:
         """The replay memory of agent ``member`` (created empty on first use)."""
         if member not in self.replays:
-            self.replays[member] = ReplayBuffer(self.replay_capacity)
+            self.replays[member] = ReplayBuffer(None if self.accumulate else self.replay_capacity)
         return self.replays[member]
 
     def inherit_replays(self, lineage: dict[int, int]) -> None:
@@ -258,10 +263,13 @@ class SelfSFTGym:
 
     # ---- run state (what a resumed run restores; plain JSON values) ----
     def state_dict(self) -> dict[str, Any]:
-        """What changes during a run: the random state, prompt and static-data orders, replays, epochs."""
+        """What changes during a run: the random state, prompt and static-data orders, the prompts' solve-rate
+        history, replays, epochs."""
+        curriculum = self.curriculum.state_dict()
         return {
             "rng": self.rng.bit_generator.state,
-            "prompt_order": [int(i) for i in self._prompt_order],
+            "prompt_order": curriculum["order"],
+            "prompt_history": curriculum["history"],
             "static_order": [int(i) for i in self._static_order],
             "replays": {str(member): [asdict(s) for s in buf.samples] for member, buf in self.replays.items()},
             "num_epochs": self.num_epochs,
@@ -270,7 +278,7 @@ class SelfSFTGym:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put back what :meth:`state_dict` returned; the training buffer starts empty (the next refill fills it)."""
         self.rng.bit_generator.state = state["rng"]
-        self._prompt_order = list(state["prompt_order"])
+        self.curriculum.load_state_dict({"order": state["prompt_order"], "history": state.get("prompt_history", {})})
         self._static_order = list(state.get("static_order", []))  # absent in states written before static data
         self.replays = {}
         for member, samples in state["replays"].items():
@@ -287,16 +295,8 @@ class SelfSFTGym:
         return self.static_fraction + (self.static_final_fraction - self.static_fraction) * progress
 
     def draw_static(self, n: int) -> list[Scored]:
-        """The next ``n`` static conversations (as static :class:`Scored` samples), walking shuffled passes."""
-        out = []
-        while len(out) < n and self.static_data:
-            if not self._static_order:
-                self._static_order = [int(i) for i in self.rng.permutation(len(self.static_data))]
-            i = self._static_order.pop()
-            chat = self.static_data[i]
-            reply = next(str(m["content"]) for m in reversed(chat) if m["role"] == "assistant")
-            out.append(Scored(-1 - i, chat, reply, math.nan, True, static=True))
-        return out
+        """The next ``n`` static conversations as static samples (:func:`~agilerl_selfsft.env.buffer.draw_static`)."""
+        return draw_static(self.static_data, self._static_order, n, self.rng)
 
     def refill(
         self,
@@ -325,10 +325,12 @@ class SelfSFTGym:
             k=self.top_k,
             fraction=self.top_fraction if top_fraction is None else top_fraction,
             keep_truncated=self.keep_truncated,
+            prefer_shorter=self.prefer_shorter,
             rng=self.rng,
         )
         replay = self.replay_for(member)
-        replayed = replay.draw(int(round(self.replay_ratio * len(kept))), exclude=kept, rng=self.rng)
+        wanted = len(replay) if self.accumulate else int(round(self.replay_ratio * len(kept)))
+        replayed = replay.draw(wanted, exclude=kept, rng=self.rng)
         replay.add(kept)
         own = kept + replayed
         fraction = self.static_fraction_at(1) if static_fraction is None else static_fraction

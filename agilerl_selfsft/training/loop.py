@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agilerl_selfsft.algorithm.restart import restart_from_base as restart
 from agilerl_selfsft.algorithm.selfsft import SelfSFT
 from agilerl_selfsft.distributed import DataParallel, check_launch
 from agilerl_selfsft.env.gym import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.generation.collect import sample_scored
+from agilerl_selfsft.env.curriculum import sample_iteration
 from agilerl_selfsft.samples import Generations, Scored, Task
 from agilerl_selfsft.training.checkpoints import latest_checkpoint, restore, save_iteration, write_state
 from agilerl_selfsft.training.evaluation import evaluate, info_means
@@ -84,6 +85,7 @@ def finetune_llm_selfsft(
     eval_temperature: float | None = None,
     accelerator: Any | None = None,
     on_scored: Callable[[int, SelfSFT, list[Scored]], None] | None = None,
+    restart_from_base: bool = False,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
@@ -141,6 +143,9 @@ def finetune_llm_selfsft(
     :param on_scored: called as ``on_scored(iteration, agent, scored)`` with every scored completion of an
         agent's iteration, before selection (e.g. :func:`agilerl_selfsft.export.pairs.pair_writer` keeps
         them as DPO pairs); on the main process only, defaults to None
+    :param restart_from_base: ReST-EM: every iteration trains fresh actor adapters from the base
+        (:func:`~agilerl_selfsft.algorithm.restart.restart_from_base`) on every sample selected so far (the
+        environment is set to ``accumulate``), instead of continuing from the last iteration's, defaults to False
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
     _check_population(pop, tournament, mutation)
@@ -150,6 +155,8 @@ def finetune_llm_selfsft(
     if dp.enabled and getattr(env, "accelerator", None) is None:
         env.accelerator = dp.accelerator  # each process trains on its slice of every batch
     run_dir = Path(checkpoint_path) if checkpoint_path is not None else None
+    if restart_from_base:
+        env.accumulate = True  # before any replay memory exists (a resume restores them into accumulating ones)
     done, history = _resume(run_dir, env, pop, mutation, verbose) if resume else (-1, [])
     metrics = RunLog(run_dir, history, dp, open_wandb(wandb_api_key, init_hp) if wb and dp.is_main else None)
     evaluate_on = dict(num_samples=eval_samples, greedy=eval_greedy, temperature=eval_temperature)
@@ -175,7 +182,7 @@ def finetune_llm_selfsft(
             if on_scored is not None and dp.is_main:
                 on_scored(iteration, agent, scored)
             stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
-            learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose)  # 4.
+            learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose, restart_from_base)  # 4.
             evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
             agent.metrics.add_fitness(evaluation["eval_reward"])
             members.append(_member_row(agent, scored, generations, {**stats, **counted}, learned, evaluation))
@@ -218,13 +225,20 @@ def _resume(
 def _generate(
     agent: SelfSFT, env: SelfSFTGym, tasks: list[Task], iteration: int, who: str, verbose: bool
 ) -> tuple[list[Scored], Generations, dict[str, float]]:
-    """1-2. Sample K completions (with an agent: K multi-turn conversations) per prompt and score them; also
-    what the reward functions counted (``train_<metric>``)."""
+    """1-2. Sample K completions (with an agent: K multi-turn conversations) per prompt and score them (with
+    difficulty settings, refilling with fresh prompts: :func:`~agilerl_selfsft.env.curriculum.sample_iteration`);
+    also what the reward functions counted (``train_<metric>``) and the draws' counts."""
     what = "agent conversations" if getattr(env, "agent", None) is not None else "completions"
     _info(verbose, "%s [Stage 1] Sampling %d %s for each of %d prompts (T=%.2f)...",
           who, agent.num_generations, what, len(tasks), agent.sampling_temperature)
-    scored, generations = sample_scored(agent, env, tasks)  # each process its share, gathered
+    threshold = env.threshold if agent.selection_threshold is None else agent.selection_threshold
+    scored, generations, drawn = sample_iteration(agent, env, tasks, threshold)  # each process its share, gathered
     counted = {f"train_{k}": v for k, v in getattr(env, "reward_metrics", {}).items()}  # the reward functions'
+    if env.curriculum.settings is not None:
+        _info(verbose, "%s [Stage 1] %d draw(s), %d prompts, %d informative; skipped %d mastered, %d unsolvable.",
+              who, drawn["draws"], drawn["prompts_sampled"], drawn["informative_prompts"],
+              drawn["prompts_skipped_mastered"], drawn["prompts_unsolvable"])
+    counted.update(drawn)
     if counted:
         _info(verbose, "%s [Stage 2] Reward: %s.", who, ", ".join(f"{k} {v:g}" for k, v in sorted(counted.items())))
     crash_point("generate", iteration)
@@ -250,14 +264,16 @@ def _select(
 
 def _learn(
     agent: SelfSFT, env: SelfSFTGym, stats: dict[str, float], sft_epochs: int, dp: DataParallel, iteration: int,
-    who: str, verbose: bool,
+    who: str, verbose: bool, from_base: bool = False,
 ) -> dict[str, Any]:
-    """4. ``sft_epochs`` passes over the buffer in the agent's batch size: the mean loss and KL, the steps
-    taken and the rows learned from by origin (over all processes)."""
+    """4. ``sft_epochs`` passes over the buffer in the agent's batch size (``from_base``: from fresh adapters):
+    the mean loss and KL, the steps taken and the rows learned from by origin (over all processes)."""
     learned: dict[str, Any] = {"loss": None, "kl": None, "steps": 0, "static": 0, "self": 0}
     if stats["buffer"] == 0:
         _info(verbose, "%s [Stage 4] Nothing passed the filter: skipping training this iteration.", who)
         return learned
+    if from_base:
+        _info(verbose, "%s [Stage 4] Restarting from the base: %d LoRA layers re-initialised.", who, restart(agent))
     rows = agent.batch_size_per_process
     batch = env.reset(batch_size=rows)  # from here on, batches of this agent's size
     steps = sft_epochs * env.num_batches  # a batch: every process's rows
@@ -311,6 +327,7 @@ def _member_row(
         "loss": learned["loss"], "kl": learned["kl"], "learn_steps": learned["steps"],
         "learned_static": learned["static"], "learned_self": learned["self"],
         "gen_tokens": generations.num_tokens, "gen_seconds": round(generations.seconds, 2),
+        "gen_tokens_per_kept": generations.num_tokens / stats["kept"] if stats["kept"] else None,
     }
 
 

@@ -35,9 +35,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from agilerl_selfsft.distributed import DataParallel
+from agilerl_selfsft.env.curriculum import sample_iteration
 from agilerl_selfsft.env.gym import SelfSFTGym
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.generation.collect import sample_scored
 
 
 class SelfTrainingEnv:
@@ -124,7 +124,8 @@ class SelfTrainingEnv:
         agent = self.generating_agent()
         for _ in range(self.max_empty_refills):
             tasks = self.gym.sample_prompts(self.prompts_per_refill)
-            scored, _ = sample_scored(agent, self.gym, tasks)
+            threshold = self.gym.threshold if agent.selection_threshold is None else agent.selection_threshold
+            scored, _, drawn = sample_iteration(agent, self.gym, tasks, threshold)  # difficulty-aware when set
             stats = self.gym.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction)
             if self.gym.buffer:
                 break
@@ -140,6 +141,7 @@ class SelfTrainingEnv:
             "agent": agent.index,
             "reward/train": sum(rewards) / len(rewards) if rewards else math.nan,  # static data only: none
             **{f"selection/{k}": v for k, v in stats.items()},
+            **{f"sampling/{k}": v for k, v in drawn.items()},
             "kept_prompt_ids": sorted({s.prompt_id for s in self.gym.buffer if not s.static}),
         }
         self.refills.append(record)
