@@ -5,6 +5,7 @@ as keyword arguments (defaults given), so ``reward: {name: majority_vote, extrac
 ``functools.partial(majority_vote, extract="boxed")`` in Python are the same reward:
 
 - against an answer column: ``exact_match``, ``contains``, ``first_number``; ``format`` checks the shape;
+  ``length_penalty`` is a term that prefers concise replies;
 - without gold labels: ``majority_vote`` (agreement among the K samples of a prompt, :mod:`.vote`);
 - without a checker: ``judge`` (a local model, or the policy's own frozen reference, scores by a rubric,
   :mod:`.judge`);
@@ -12,7 +13,7 @@ as keyword arguments (defaults given), so ``reward: {name: majority_vote, extrac
   :mod:`.code`).
 """
 
-from agilerl_selfsft.rewards.checks import contains, exact_match, first_number, format  # noqa: A004
+from agilerl_selfsft.rewards.checks import contains, exact_match, first_number, format, length_penalty  # noqa: A004
 from agilerl_selfsft.rewards.code import python_tests
 from agilerl_selfsft.rewards.judge import judge
 from agilerl_selfsft.rewards.registry import BUILTINS, resolve_reward
@@ -28,5 +29,5 @@ from agilerl_selfsft.rewards.vote import majority_vote
 
 __all__ = [
     "BUILTINS", "DEFAULT_TIMEOUT", "RewardFn", "RewardValues", "WeightedReward", "contains", "exact_match",
-    "first_number", "format", "import_function", "judge", "majority_vote", "python_tests", "resolve_reward", "score",
+    "first_number", "format", "import_function", "judge", "length_penalty", "majority_vote", "python_tests", "resolve_reward", "score",
 ]

@@ -1,4 +1,5 @@
-"""Checkers against a known answer, and a format check: ``exact_match``, ``contains``, ``first_number``, ``format``.
+"""Checkers against a known answer, a format check and a length term: ``exact_match``, ``contains``,
+``first_number``, ``format``, ``length_penalty``.
 
 Each takes the reward signature ``fn(prompts, completions, **columns) -> list[float]``; the answer checks read
 the ``answer`` column, where a row's answer may be a string or a list of accepted strings.
@@ -10,6 +11,8 @@ import math
 import re
 import unicodedata
 from typing import Any
+
+from agilerl_selfsft.errors import SelfSFTError
 
 # A default for ``format``: one short line (a concise answer, no rambling).
 DEFAULT_FORMAT = r"[^\n]{1,80}"
@@ -70,3 +73,17 @@ def format(prompts: list, completions: list[str], pattern: str = DEFAULT_FORMAT,
     """1.0 for completions (stripped) that fully match the regular expression ``pattern`` (``re.DOTALL``)."""
     compiled = re.compile(pattern, re.DOTALL)
     return [float(compiled.fullmatch(str(c).strip()) is not None) for c in completions]
+
+
+def length_penalty(prompts: list, completions: list[str], max_chars: int = 200, **_: Any) -> list[float]:
+    """``-len(completion) / max_chars``, at least -1: a term to add, with a small weight, to a checker's reward
+    (``reward: [first_number, {name: length_penalty, weight: 0.1}]``). Use it with ``top_k`` or ``top_fraction``
+    selection (or a threshold below the checker's 1.0): it takes every reply below 1.0."""
+    check_length_options(max_chars)
+    return [-min(len(str(c)) / max_chars, 1.0) for c in completions]
+
+
+def check_length_options(max_chars: Any = 200, **_: Any) -> None:
+    """Refuse a ``max_chars`` that is not an integer >= 1 when the reward is resolved."""
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise SelfSFTError(f"length_penalty: max_chars must be an integer >= 1, got {max_chars!r}")

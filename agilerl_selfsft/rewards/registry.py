@@ -16,27 +16,29 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agilerl_selfsft.errors import SelfSFTError
-from agilerl_selfsft.rewards.checks import contains, exact_match, first_number, format  # noqa: A004
+from agilerl_selfsft.rewards.checks import contains, exact_match, first_number, format, length_penalty  # noqa: A004
+from agilerl_selfsft.rewards.checks import check_length_options as check_length
 from agilerl_selfsft.rewards.code import check_options as check_code
 from agilerl_selfsft.rewards.code import python_tests
 from agilerl_selfsft.rewards.judge import check_options as check_judge
 from agilerl_selfsft.rewards.judge import judge
 from agilerl_selfsft.rewards.scoring import RewardFn, WeightedReward, import_function
+from agilerl_selfsft.rewards.vote import canonical, extractor, first_number_of, majority_vote
 from agilerl_selfsft.rewards.vote import check_options as check_vote
-from agilerl_selfsft.rewards.vote import majority_vote
 
 BUILTINS: dict[str, RewardFn] = {
     "exact_match": exact_match,
     "contains": contains,
     "first_number": first_number,
     "format": format,
+    "length_penalty": length_penalty,
     "majority_vote": majority_vote,
     "judge": judge,
     "python_tests": python_tests,
 }
 # Checks of a built-in's options, run when a spec is resolved (a typo fails before the model loads).
 OPTION_CHECKS: dict[str, Callable[..., None]] = {"majority_vote": check_vote, "judge": check_judge,
-                                                 "python_tests": check_code}
+                                                 "python_tests": check_code, "length_penalty": check_length}
 
 
 def _keywords(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
@@ -96,3 +98,19 @@ def resolve_reward(spec: Any, builtins: Mapping[str, RewardFn] | None = None) ->
     if options:
         fn = functools.partial(fn, **options)
     return [WeightedReward(fn, float(weight), name, "policy" in keywords)]
+
+
+def answer_extractor(rewards: list[WeightedReward]) -> Callable[[str], str | None] | None:
+    """How to pull a comparable answer out of a completion scored by ``rewards`` (for maj@k), or None when the
+    reward does not say: ``first_number`` (the first number), ``exact_match`` (the whole reply, normalised),
+    ``majority_vote`` (its own ``extract``). Answers come back in :func:`~agilerl_selfsft.rewards.vote.canonical`
+    form; a reward of several functions uses its first that says.
+    """
+    for reward in rewards:
+        fn = reward.fn.func if isinstance(reward.fn, functools.partial) else reward.fn
+        options = reward.fn.keywords if isinstance(reward.fn, functools.partial) else {}
+        pull = {first_number: first_number_of, exact_match: str,
+                majority_vote: extractor(options.get("extract", "first_number"))}.get(fn)
+        if pull is not None:
+            return lambda text, pull=pull: canonical(pull(text))
+    return None

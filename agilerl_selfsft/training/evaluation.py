@@ -1,12 +1,16 @@
-"""Held-out evaluation: the policy's expected reward (sampled) and its greedy reward."""
+"""Held-out evaluation: the policy's expected reward (sampled) and its greedy reward, pass@k and maj@k."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+from math import comb
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agilerl_selfsft.generation.collect import sample_scored
+from agilerl_selfsft.rewards.registry import answer_extractor
 from agilerl_selfsft.samples import Scored
 
 if TYPE_CHECKING:
@@ -32,7 +36,10 @@ def evaluate(
         ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
         sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``; with an agent that
         returns ``(reward, info)``, ``eval_<key>`` (and ``eval_<key>_greedy``): the mean of each info value;
-        ``eval_<key>`` for each metric the reward functions reported on the sampled completions
+        ``eval_<key>`` for each metric the reward functions reported on the sampled completions;
+        ``eval_pass@1`` and ``eval_pass@<k>`` (k = ``num_samples``; :func:`pass_at_k`, a sample passing at or
+        above the selection threshold), ``eval_maj@<k>`` where the eval reward says how answers are extracted
+        (:func:`maj_at_k`), and ``eval_completion_tokens`` (mean tokens of a sampled completion)
     """
     with env.eval_mode():  # the held-out prompts, scored by the eval reward
         tasks = env.prompts
@@ -49,6 +56,13 @@ def evaluate(
         "eval_tokens": float(sampled.num_tokens),
         "eval_seconds": sampled.seconds,
     }
+    result[f"eval_pass@{num_samples}"] = mean_pass_at_k(scored, env.threshold, num_samples)
+    if num_samples > 1:
+        result["eval_pass@1"] = mean_pass_at_k(scored, env.threshold, 1)
+    answer_of = answer_extractor(env.eval_rewards) if getattr(env, "agent", None) is None else None
+    if answer_of is not None:
+        result[f"eval_maj@{num_samples}"] = maj_at_k(scored, env.threshold, answer_of)
+    result["eval_completion_tokens"] = sampled.num_tokens / max(len(scored), 1)
     result.update({f"eval_{key}": value for key, value in info_means(scored).items()})
     result.update({f"eval_{key}": value for key, value in reported.items()})  # the reward functions' own counts
     if greedy:
@@ -66,3 +80,40 @@ def info_means(scored: list[Scored]) -> dict[str, float]:
         for key, value in s.info.items():
             values.setdefault(key, []).append(value)
     return {key: float(np.mean(v)) for key, v in values.items()}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one prompt from ``n`` samples of which ``c`` pass (Chen et al. 2021, eq. 1):
+    ``1 - C(n - c, k) / C(n, k)``, the chance that k samples drawn without replacement hold a passing one."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def _by_prompt(scored: list[Scored]) -> dict[int, list[Scored]]:
+    groups: dict[int, list[Scored]] = {}
+    for s in scored:
+        groups.setdefault(s.prompt_id, []).append(s)
+    return groups
+
+
+def mean_pass_at_k(scored: list[Scored], threshold: float, k: int) -> float:
+    """:func:`pass_at_k` averaged over the prompts of ``scored`` (a sample passes at reward >= ``threshold``)."""
+    groups = _by_prompt(scored).values()
+    return float(np.mean([pass_at_k(len(g), sum(s.reward >= threshold for s in g), k) for g in groups]))
+
+
+def maj_at_k(scored: list[Scored], threshold: float, answer_of: Callable[[str], str | None]) -> float:
+    """maj@k: the share of prompts whose most common answer among their samples (``answer_of`` each completion;
+    a tie goes to the earliest) is right, i.e. its first sample's reward is >= ``threshold``. A prompt with no
+    answer extracted counts as wrong."""
+    right = []
+    for group in _by_prompt(scored).values():
+        answers = [answer_of(s.completion) for s in group]
+        votes = Counter(a for a in answers if a is not None)
+        if not votes:
+            right.append(0.0)
+            continue
+        top = votes.most_common(1)[0][0]
+        right.append(float(group[answers.index(top)].reward >= threshold))
+    return float(np.mean(right))

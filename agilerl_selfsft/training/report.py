@@ -94,7 +94,8 @@ def table(history: list[dict[str, Any]], fmt: str = "github") -> str:
 
 
 def plot(history: list[dict[str, Any]], path: str | Path, title: str = "SelfSFT: held-out reward") -> Path:
-    """Save the reward curves (held-out sampled and greedy, train) against iteration as a PNG."""
+    """Save the reward curves (held-out sampled and greedy, train) against iteration as a PNG, with held-out
+    pass@k and maj@k (k > 1) beside them: self-training can raise the mean reward while pass@k falls."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,10 +103,12 @@ def plot(history: list[dict[str, Any]], path: str | Path, title: str = "SelfSFT:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     its = [r["iteration"] for r in history]
+    at_k = sorted({k for r in history for k in r if k.startswith(("eval_pass@", "eval_maj@")) and k[-2:] != "@1"})
     for key, label, style in [
         ("eval_reward", "held-out (sampled)", "o-"),
         ("eval_reward_greedy", "held-out (greedy)", "s--"),
         ("train_reward", "train (sampled)", "^:"),
+        *[(key, f"held-out {key[5:]}", "d-.") for key in at_k],
     ]:
         points = [(i, r[key]) for i, r in zip(its, history, strict=True) if r.get(key) is not None]
         if points:

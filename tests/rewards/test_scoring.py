@@ -316,3 +316,23 @@ def test_a_reward_that_hangs_is_stopped_after_its_timeout_with_its_name():
 def test_bad_options_of_a_builtin_fail_when_resolved(spec, match):
     with pytest.raises(SelfSFTError, match=match):
         resolve_reward(spec)
+
+
+def test_length_penalty_is_minus_the_length_share_and_refuses_a_bad_max_chars():
+    from agilerl_selfsft.rewards import length_penalty
+
+    assert length_penalty([], ["", "abcde", "x" * 50], max_chars=10) == [0.0, -0.5, -1.0]
+    reward = resolve_reward(["first_number", {"name": "length_penalty", "weight": 0.1, "max_chars": 10}])
+    assert score(reward, ["q", "q"], ["4", "4 is it"], {"answer": ["4", "4"]}) == pytest.approx([0.99, 0.93])
+    with pytest.raises(SelfSFTError, match="max_chars must be an integer >= 1"):
+        resolve_reward({"name": "length_penalty", "max_chars": 0})
+
+
+def test_answer_extractor_follows_the_reward():
+    from agilerl_selfsft.rewards.registry import answer_extractor
+
+    assert answer_extractor(resolve_reward("first_number"))("It is 1,000 or 7") == repr(1000.0)
+    assert answer_extractor(resolve_reward("exact_match"))("  Paris. ") == "paris"
+    assert answer_extractor(resolve_reward({"name": "majority_vote", "extract": "boxed"}))(r"so \boxed{12}") == "12.0"
+    assert answer_extractor(resolve_reward(["contains", "first_number"]))("x 3") == "3.0"  # the first that says
+    assert answer_extractor(resolve_reward("contains")) is None
