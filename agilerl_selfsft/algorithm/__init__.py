@@ -2,7 +2,7 @@
 
 ``selfsft`` (the class, its knobs and their validation, sampling), ``learning`` (response-only cross-entropy
 and KL in length buckets: its ``learn``), ``batching`` (planning those buckets), ``population`` (members that
-share one frozen base: its ``population`` and ``clone``).
+share one frozen base: its ``population`` and ``clone``), ``restart`` (fresh adapters from the base, ReST-EM).
 """
 
 from agilerl_selfsft.algorithm.selfsft import SelfSFT

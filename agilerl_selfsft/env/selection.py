@@ -9,6 +9,10 @@ Strategies (each applied after dropping exact duplicates of the same prompt's co
   those at or above ``threshold``;
 - ``random``: a control — as many completions as ``threshold`` would keep, drawn uniformly at random from
   all completions whatever their reward. It isolates the effect of choosing by reward.
+
+With ``prefer_shorter``, samples are ordered shortest first (in characters, a stable sort) before dedup and
+the strategy: among equally rewarded samples, ``top_k`` and ``top_fraction`` keep the shorter, and dedup
+keeps the shortest spelling of a repeated completion. ``threshold`` keeps every passing sample either way.
 """
 
 from __future__ import annotations
@@ -41,10 +45,13 @@ def select(
     fraction: float = 0.25,
     keep_truncated: bool = False,
     rng: np.random.Generator | None = None,
+    prefer_shorter: bool = False,
 ) -> list[Scored]:
-    """Choose the samples to learn from (see the module docstring for the strategies)."""
+    """Choose the samples to learn from (see the module docstring for the strategies and ``prefer_shorter``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if prefer_shorter:
+        samples = sorted(samples, key=lambda s: len(s.completion))
     pool = [s for s in dedup(samples) if keep_truncated or s.finished]
     passing = [s for s in pool if s.reward >= threshold]
     if strategy == "threshold":

@@ -97,3 +97,17 @@ def test_truncated_samples_are_dropped_unless_kept():
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="best_of"):
         select([s(0, "a", 1.0)], "best_of")
+
+
+def test_prefer_shorter_breaks_reward_ties_by_length_but_never_beats_a_higher_reward():
+    samples = [s(0, "a long right answer", 1.0), s(0, "right", 1.0), s(0, "x" * 200, 2.0),
+               s(1, "wrong and long", 0.0), s(1, "wrong", 0.0)]
+    plain = select(samples, "top_k", threshold=0.0, k=2)
+    assert [x.completion for x in plain] == ["x" * 200, "a long right answer", "wrong and long", "wrong"]
+    shorter = select(samples, "top_k", threshold=0.0, k=2, prefer_shorter=True)
+    assert [x.completion for x in shorter] == ["x" * 200, "right", "wrong", "wrong and long"]
+    top = select(samples, "top_fraction", threshold=0.0, fraction=0.4, prefer_shorter=True)
+    assert [x.completion for x in top] == ["x" * 200, "right"]
+    # dedup keeps the shortest spelling of a repeated completion
+    spaced = select([s(0, "Paris  is  it", 1.0), s(0, "Paris is it", 1.0)], "top_k", prefer_shorter=True)
+    assert [x.completion for x in spaced] == ["Paris is it"]
