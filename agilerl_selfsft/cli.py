@@ -76,7 +76,9 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     env = SelfSFTGym(
         train, held_out, tokenizer, reward, agent=agent, data_batch_size_per_gpu=config.batch_size,
         selection=s.strategy, threshold=s.threshold, top_k=s.top_k, top_fraction=s.top_fraction,
-        keep_truncated=s.keep_truncated, replay_capacity=s.replay_capacity, replay_ratio=s.replay_ratio,
+        keep_truncated=s.keep_truncated, prefer_shorter=s.prefer_shorter, replay_capacity=s.replay_capacity,
+        replay_ratio=s.replay_ratio, accumulate=config.restart_from_base,
+        sampling=config.sampling.model_dump() if config.sampling is not None else None,
         static_data=static_data, static_fraction=static.fraction if static else 0.5,
         static_final_fraction=static.final_fraction if static else None,
         static_decay_iterations=static.decay_iterations if static else 1, seed=config.seed,
@@ -186,6 +188,7 @@ def _train_locked(config: Config, out: Path, resume: bool, overwrite: bool) -> P
         keep_checkpoints=config.keep_checkpoints, seed=config.seed, resume=resume,
         stop_after_empty=config.stop_after_empty, tournament=tournament, mutation=mutation,
         evo_steps=config.evolution.evo_steps, eval_temperature=config.temperature,
+        restart_from_base=config.restart_from_base,
     )
     print("\n" + table(history))
     print(f"\nreward curve: {plot(history, out / 'reward_curve.png')}")

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from agilerl_selfsft.rewards import DEFAULT_TIMEOUT
+from agilerl_selfsft.env.curriculum import DifficultySettings
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.rewards import DEFAULT_TIMEOUT
 from agilerl_selfsft.models import DEVICES, EMBEDDED_NAME
 
 
@@ -49,8 +50,33 @@ class SelectionSettings(_Strict):
     top_k: int = Field(1, ge=1)
     top_fraction: float = Field(0.25, gt=0, le=1)
     keep_truncated: bool = False
+    prefer_shorter: bool = Field(False, description="among equally rewarded samples, keep the shorter (top_k, top_fraction)")
     replay_capacity: int = Field(0, ge=0)
     replay_ratio: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _shorter_changes_something(self) -> SelectionSettings:
+        if self.prefer_shorter and self.strategy not in ("top_k", "top_fraction"):
+            raise ValueError(f"prefer_shorter only changes top_k and top_fraction selection ({self.strategy} keeps "
+                             "every sample that passes whatever its length)")
+        return self
+
+
+def _checked_by_dataclass(model: BaseModel) -> BaseModel:
+    """Run the dataclass's own checks (its message names the key)."""
+    try:
+        DifficultySettings(**model.model_dump())
+    except SelfSFTError as exc:
+        raise ValueError(str(exc)) from None
+    return model
+
+
+#: ``sampling:``, difficulty-aware sampling: the fields of :class:`~agilerl_selfsft.env.curriculum.DifficultySettings`
+SamplingSettings = create_model(
+    "SamplingSettings", __base__=_Strict, __doc__=DifficultySettings.__doc__,
+    __validators__={"_checks": model_validator(mode="after")(_checked_by_dataclass)},
+    **{name: (kind, getattr(DifficultySettings, name)) for name, kind in typing.get_type_hints(DifficultySettings).items()},
+)
 
 
 class StaticDataSettings(_Strict):
@@ -149,7 +175,13 @@ class Config(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, ge=1)
     generation: GenerationSettings = GenerationSettings()
+    sampling: SamplingSettings | None = Field(  # type: ignore[valid-type]
+        None, description="difficulty-aware prompt sampling (null: every train prompt once per pass)"
+    )
     selection: SelectionSettings = SelectionSettings()
+    restart_from_base: bool = Field(
+        False, description="ReST-EM: each iteration trains fresh adapters from the base on everything selected so far"
+    )
     lr: float = Field(2e-4, gt=0)
     batch_size: int = Field(16, ge=1)
     sft_epochs: int = Field(2, ge=1)

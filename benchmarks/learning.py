@@ -47,12 +47,14 @@ sys.path.insert(0, str(HERE))  # run as a script: import the sibling modules
 sys.path.insert(1, str(HERE.parent))  # and the library of this checkout
 
 # as in learning_methods (checked in main), which is not imported for --from-json: it loads agilerl
-METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge")
+METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge", "difficulty", "restart",
+           "top1", "shorter")
 TASKS = ("capitals", "arithmetic", "code")
 DEFAULT_TASKS = ("capitals", "arithmetic")  # code's 160-token answers make its runs several times slower
 ONLY_ON = {"vote": ("arithmetic",), "judge": ("capitals",)}  # methods run on some tasks only
 COLOURS = {"selfsft": "tab:blue", "random": "tab:gray", "grpo_shipped": "tab:orange", "grpo_fixed": "tab:red",
-           "gold_sft": "tab:green", "vote": "tab:purple", "judge": "tab:brown"}
+           "gold_sft": "tab:green", "vote": "tab:purple", "judge": "tab:brown", "difficulty": "tab:cyan",
+           "restart": "tab:olive", "top1": "tab:pink", "shorter": "black"}
 
 
 # ---- running ----
@@ -121,7 +123,7 @@ def curves(result: dict[str, Any], task: str, method: str) -> list[list[dict[str
 def held(points: list[dict[str, Any]], key: str, times: np.ndarray) -> np.ndarray:
     """The value of the latest evaluation at or before each time (the adapter a run holds at that point)."""
     t = np.array([p["train_s"] for p in points])
-    v = np.array([p[key] for p in points], dtype=float)
+    v = np.array([p.get(key) if p.get(key) is not None else np.nan for p in points], dtype=float)
     idx = np.searchsorted(t, times, side="right") - 1
     return np.where(idx >= 0, v[np.clip(idx, 0, None)], np.nan)
 
@@ -148,6 +150,8 @@ def summary(result: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
         if runs:
             finals = [r["points"][-1] for r in runs]
             out[method] = {"sampled": [f["sampled"] for f in finals], "greedy": [f["greedy"] for f in finals],
+                           "pass_at_k": [f.get("pass_at_k") for f in finals], "maj_at_k": [f.get("maj_at_k") for f in finals],
+                           "completion_tokens": [f.get("completion_tokens") for f in finals],
                            "train_s": float(np.mean([f["train_s"] for f in finals])),
                            "gen_tokens": float(np.mean([f["gen_tokens"] for f in finals])),
                            "trained_tokens": float(np.mean([f["trained_tokens"] for f in finals])),
@@ -196,6 +200,10 @@ def reward_lines(result: dict[str, Any], task: str) -> list[str]:
         if keys:
             parts.append(f"its counts per iteration ({len(per_iteration)} iterations): "
                          + ", ".join(f"{k} {np.mean([m.get(k, 0.0) for m in per_iteration]):.2f}" for k in keys))
+        drawn = [d for r in runs for p in r["points"] for d in p.get("drawn", []) if d]
+        if method == "difficulty" and drawn:
+            parts.append(f"its draws per iteration ({len(drawn)} iterations): "
+                         + ", ".join(f"{k} {np.mean([d[k] for d in drawn]):.2f}" for k in sorted(drawn[0])))
         keys = sorted({k for m in finals for k in m})
         if keys:
             parts.append(f"final held-out counts (mean over {len(finals)} seeds): "
@@ -224,10 +232,13 @@ def markdown(result: dict[str, Any]) -> str:
         if not table:
             continue
         lines += [f"## {task} (reward `{result['rewards'][task]}`)", "",
-                  "| method | final sampled | final greedy | training s | iterations | tokens generated | tokens trained "
-                  "| eval points | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"| method | final sampled | final greedy | final pass@{s['eval_samples']} | final maj@{s['eval_samples']} "
+                  "| eval completion tokens | training s | iterations | tokens generated | tokens trained "
+                  "| eval points | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for method, row in table.items():
-            lines.append(f"| {method} | {mean_std(row['sampled'])} | {mean_std(row['greedy'])} | {row['train_s']:.0f} | "
+            lines.append(f"| {method} | {mean_std(row['sampled'])} | {mean_std(row['greedy'])} | "
+                         f"{mean_std(row['pass_at_k'])} | {mean_std(row['maj_at_k'])} | "
+                         f"{mean_std(row['completion_tokens'])} | {row['train_s']:.0f} | "
                          f"{row['iterations']:.1f} | {row['gen_tokens']:.0f} | {row['trained_tokens']:.0f} | "
                          f"{row['points']:.1f} | {row['peak_rss_mib']} |")
         grpo = [r for r in result["runs"] if r["task"] == task and "grpo_repeats_in_first_pass" in r]
@@ -252,8 +263,12 @@ def plot(result: dict[str, Any], task: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, key, title in zip(axes, ("sampled", "greedy"), ("sampled (T=0.8)", "greedy"), strict=True):
+    k = result["settings"]["eval_samples"]
+    panels = [("sampled", "held-out reward, sampled (T=0.8)"), ("greedy", "held-out reward, greedy")]
+    if any(p.get("pass_at_k") is not None for r in result["runs"] for p in r["points"]):
+        panels += [("pass_at_k", f"held-out pass@{k}"), ("maj_at_k", f"held-out maj@{k}")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), sharey=True)
+    for ax, (key, title) in zip(axes, panels, strict=True):
         for method in result["settings"]["methods"]:
             runs = curves(result, task, method)
             if not runs:
@@ -262,7 +277,7 @@ def plot(result: dict[str, Any], task: str, path: Path) -> None:
             ax.step(times, mean, where="post", color=COLOURS.get(method), label=f"{method} ({len(runs)} seeds)")
             ax.plot(times, mean, "o", color=COLOURS.get(method), markersize=3)  # evaluation times
             ax.fill_between(times, low, high, step="post", color=COLOURS.get(method), alpha=0.15)
-        ax.set(title=f"{task}: held-out reward, {title}", xlabel="training seconds", ylim=(-0.02, 1.02))
+        ax.set(title=f"{task}: {title}", xlabel="training seconds", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("reward (mean line, min-max band over seeds)")
     axes[0].legend(fontsize=8)

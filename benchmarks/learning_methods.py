@@ -19,6 +19,13 @@ One iteration of each method:
   arithmetic with the train answers moved out of the ``answer`` column (only its ``label_accuracy`` metric reads
   them, under another name); ``judge`` is the base model judging its own capitals answers on the 1-10 rubric
   (``model: policy``: the frozen reference adapter), keeping those it scores 6 or more;
+- ``difficulty``: ``selfsft`` with difficulty-aware sampling (:data:`DIFFICULTY`: a prompt all K samples
+  solved is skipped afterwards, one never solved is sampled a quarter of the time, and a second draw of fresh
+  prompts tops the iteration up to ``prompts_per_iteration`` informative ones);
+- ``restart``: ``selfsft`` with ``restart_from_base`` (ReST-EM): fresh adapters every iteration, trained on every
+  sample selected so far;
+- ``top1`` / ``shorter``: ``selfsft`` keeping the best sample per prompt (``top_k``, k=1, threshold 1), and the
+  same preferring the shorter among equally rewarded ones (``prefer_shorter``);
 - ``grpo_shipped`` / ``grpo_fixed``: one call of AgileRL 2.10.0's ``finetune_llm_reasoning`` with
   ``max_steps=grpo_prompts_per_step`` (one GRPO step: that many prompts x K completions) on a ReasoningGym
   over the same prompts and reward. ``grpo_fixed`` sets ``initial_prompt_len`` on every prompt (notes, pitfall
@@ -57,10 +64,11 @@ from machine import peak_rss_mib  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, load_model, load_tasks  # noqa: E402
+from agilerl_selfsft.algorithm.restart import restart_from_base  # noqa: E402
 from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
 from agilerl_selfsft.data.tasks import ARITHMETIC_DIR, CAPITALS_DIR, CODE_DIR  # noqa: E402
 from agilerl_selfsft.rewards import resolve_reward, score  # noqa: E402
-from agilerl_selfsft.generation.collect import sample_scored  # noqa: E402
+from agilerl_selfsft.env.curriculum import sample_iteration  # noqa: E402
 from agilerl_selfsft.samples import Scored, Task  # noqa: E402
 from agilerl_selfsft.training.checkpoints import load_adapters, save_iteration  # noqa: E402
 from agilerl_selfsft.training.evaluation import evaluate  # noqa: E402
@@ -68,7 +76,11 @@ from agilerl_selfsft.training.evaluation import evaluate  # noqa: E402
 MODEL = "smollm2-135m-instruct"
 TASKS = {"capitals": (CAPITALS_DIR, "contains"), "arithmetic": (ARITHMETIC_DIR, "first_number"),
          "code": (CODE_DIR, "python_tests")}
-METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge")
+METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge", "difficulty", "restart",
+           "top1", "shorter")
+SFT_METHODS = ("selfsft", "random", "gold_sft", "vote", "judge", "difficulty", "restart", "top1", "shorter")
+DIFFICULTY = {"mastered": 1.0, "mastered_streak": 1, "recheck": 0.1, "unsolved_tries": 1, "unsolved_weight": 0.25,
+              "max_draws": 2}
 NEW_TOKENS = {"code": 160}  # max_new_tokens of a task whose answers are longer than the settings' (training and eval)
 # Tasks whose rows cut off at max_new_tokens may still be kept: the model explains after its code block, and the
 # reward ran the code, so a reply cut off in the explanation is still a right program.
@@ -198,9 +210,11 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
         train = [dataclasses.replace(t, columns={"hidden_answer": t.columns["answer"]}) for t in train]
     started = time.perf_counter()
     agent, tokenizer = selfsft_agent(s, seed)  # the trainer (SFT methods) or the evaluator (GRPO)
+    selection = {"random": "random", "top1": "top_k", "shorter": "top_k"}.get(method, "threshold")
     env = SelfSFTGym(train, held_out, tokenizer, train_reward_spec, data_batch_size_per_gpu=s.sft_batch_size,
-                     selection="random" if method == "random" else "threshold", threshold=threshold, seed=seed,
-                     eval_reward=reward_name, keep_truncated=task in KEEP_TRUNCATED)
+                     selection=selection, top_k=1, threshold=threshold, seed=seed,
+                     eval_reward=reward_name, keep_truncated=task in KEEP_TRUNCATED, prefer_shorter=method == "shorter",
+                     accumulate=method == "restart", sampling=DIFFICULTY if method == "difficulty" else None)
     points: list[dict[str, Any]] = []
     totals = {"train_s": 0.0, "gen_tokens": 0, "trained_tokens": 0, "iterations": 0}
     extra: dict[str, Any] = {}
@@ -210,7 +224,11 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
         ev = evaluate(agent, env, s.eval_samples, True, temperature=s.eval_temperature)
         rewards = [c["train_reward"] for c in chunk if c.get("train_reward") is not None]
         losses = [c["loss"] for c in chunk if c.get("loss") is not None]
-        points.append({"train_reward_metrics": [c["reward_metrics"] for c in chunk],  # per iteration since the last
+        at_k = {key: ev.get(f"eval_{key}@{s.eval_samples}") for key in ("pass", "maj")}
+        points.append({"pass_at_k": at_k["pass"], "maj_at_k": at_k["maj"], "pass_at_1": ev.get("eval_pass@1"),
+                       "completion_tokens": ev["eval_completion_tokens"],
+                       "drawn": [c.get("drawn", {}) for c in chunk],  # difficulty-aware sampling's counts
+                       "train_reward_metrics": [c["reward_metrics"] for c in chunk],  # per iteration since the last
                        "eval_reward_metrics": {k: v for k, v in ev.items() if k.startswith(("eval_code_", "eval_label_"))},
                        "train_s": round(totals["train_s"], 2), "iterations": totals["iterations"],
                        "sampled": ev["eval_reward"], "greedy": ev["eval_reward_greedy"],
@@ -240,13 +258,16 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
         if method == "gold_sft":
             scored = [Scored(t.id, [*t.messages, {"role": "assistant", "content": gold(t)}], gold(t), 1.0) for t in tasks]
             train_reward, metrics = None, {}
+            drawn = {}
         else:
-            scored, generations = sample_scored(agent, env, tasks)
+            scored, generations, drawn = sample_iteration(agent, env, tasks, threshold)
             totals["gen_tokens"] += generations.num_tokens
             train_reward = sum(x.reward for x in scored) / len(scored)
             metrics = dict(env.reward_metrics)
         stats = env.refill(scored)
         losses = []
+        if stats["buffer"] and method == "restart":
+            restart_from_base(agent)
         if stats["buffer"]:
             batch = env.reset(batch_size=agent.batch_size_per_process)
             for _ in range(s.sft_epochs * env.num_batches):
@@ -254,11 +275,12 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
                 totals["trained_tokens"] += int(batch["loss_mask"].sum())
                 batch = env.step()
         loss = sum(losses) / len(losses) if losses else None
-        return {"train_reward": train_reward, "kept": int(stats["kept"]), "loss": loss, "reward_metrics": metrics}
+        return {"train_reward": train_reward, "kept": int(stats["kept"]), "loss": loss, "reward_metrics": metrics,
+                "drawn": drawn}
 
     if method == "base":
         evaluate_point([])
-    elif method in ("selfsft", "random", "gold_sft", *TRAIN_REWARDS):
+    elif method in SFT_METHODS:
         train_until_budget(sft_iteration)
     elif method in ("grpo_shipped", "grpo_fixed"):
         rewards = resolve_reward(reward_name)

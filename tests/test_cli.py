@@ -147,6 +147,10 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
         ({"static_data": {"path": "nowhere.jsonl"}}, "static data not found: "),
         ({"device": "gpu"}, "key 'device': use auto, cpu, cuda or cuda:N, got 'gpu'"),
         ({"reward_timeout": 0}, "key 'reward_timeout': Input should be greater than 0"),
+        ({"sampling": {"max_draw": 2}}, "unknown key 'sampling.max_draw'; did you mean 'max_draws'?"),
+        ({"sampling": {"recheck": 2}}, "key 'sampling': sampling.recheck must be in [0, 1], got 2"),
+        ({"selection": {"prefer_shorter": True}}, "prefer_shorter only changes top_k and top_fraction selection"),
+        ({"reward": {"name": "length_penalty", "max_chars": 0}}, "length_penalty: max_chars must be an integer >= 1"),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys, overrides, expected):
@@ -164,6 +168,23 @@ def test_the_agent_lands_on_the_device_the_config_asks_for(workdir, tiny_model_d
         pop, _ = build(load_config(write_config(workdir, tiny_model_dir, device=asked)))
         assert torch.device(pop[0].device).type == expected, asked
         assert {p.device.type for p in pop[0].actor.parameters()} == {expected}, asked
+
+
+def test_the_efficiency_settings_reach_the_environment_and_the_loop(workdir, tiny_model_dir, capsys):
+    path = write_config(workdir, tiny_model_dir, iterations=2, sampling={"max_draws": 3, "extra_samples": 1},
+                        restart_from_base=True,
+                        selection={"strategy": "top_k", "threshold": 0.0, "prefer_shorter": True, "keep_truncated": True})
+    from agilerl_selfsft.cli import build
+    from agilerl_selfsft.config import load_config
+
+    _, env = build(load_config(path))
+    assert (env.curriculum.settings.max_draws, env.curriculum.settings.extra_samples) == (3, 1)
+    assert env.prefer_shorter and env.accumulate
+    code, _ = run_cli(capsys, "train", "--config", str(path), "--output", "run")
+    assert code == 0
+    rows = read_metrics(workdir / "run")[1:]
+    assert [r["buffer"] for r in rows] == [rows[0]["kept"], rows[0]["kept"] + rows[1]["kept"]]  # accumulated
+    assert all("informative_prompts" in r and "eval_pass@1" in r for r in rows)
 
 
 def test_a_cuda_device_this_machine_lacks_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys):

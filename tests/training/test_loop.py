@@ -345,3 +345,30 @@ def test_python_tests_scores_the_shipped_code_task_in_the_loop(tiny_agent, token
     assert sum(row[f"train_code_{o}"] for o in OUTCOMES) == 3 * tiny_agent.num_generations
     assert sum(row[f"eval_code_{o}"] for o in OUTCOMES) > 0
     assert row["train_reward"] == 0.0 and row["eval_reward"] == 0.0
+
+
+def test_restart_from_base_learns_everything_selected_so_far_from_fresh_adapters(tiny_agent, tokenizer, caplog):
+    caplog.set_level(logging.INFO, logger="agilerl_selfsft")
+    env = make_env(tokenizer, always)
+    _, history = finetune_llm_selfsft([tiny_agent], env, iterations=3, prompts_per_iteration=2, sft_epochs=1,
+                                      eval_samples=1, eval_greedy=False, verbose=True, restart_from_base=True)
+    rows = history[1:]
+    assert all(r["kept"] > 0 for r in rows)
+    assert [r["buffer"] for r in rows] == [sum(x["kept"] for x in rows[: i + 1]) for i in range(3)]
+    assert [r["replayed"] for r in rows] == [0] + [sum(x["kept"] for x in rows[:i]) for i in range(1, 3)]
+    assert len(re.findall(r"Restarting from the base: \d+ LoRA layers", caplog.text)) == 3
+
+
+def test_difficulty_sampling_is_logged_per_iteration(tiny_agent, tokenizer):
+    env = SelfSFTGym(tasks(["one", "two", "three", "four"]), tasks(["six"]), tokenizer, always,
+                     data_batch_size_per_gpu=4, keep_truncated=True,
+                     sampling={"mastered_streak": 1, "recheck": 0.0, "max_draws": 1})
+    _, history = finetune_llm_selfsft([tiny_agent], env, iterations=3, prompts_per_iteration=2, sft_epochs=1,
+                                      eval_samples=2, eval_greedy=False, verbose=False)
+    rows = history[1:]
+    # every sample solves its prompt: mastered once sampled; the first pass (2 iterations) meets none, the
+    # second only mastered ones: all 4 walked and skipped, then sampled anyway (an iteration is never empty)
+    assert [r["prompts_skipped_mastered"] for r in rows] == [0, 0, 4] and rows[2]["prompts_sampled"] == 2
+    assert all(r["informative_prompts"] == 0 and r["draws"] == 1 for r in rows)
+    assert all(r["gen_tokens_per_kept"] == pytest.approx(r["gen_tokens"] / r["kept"]) for r in rows)
+    assert {"eval_pass@1", "eval_pass@2", "eval_completion_tokens"} <= set(history[0])

@@ -150,19 +150,25 @@ def test_sigterm_leaves_a_resumable_run(setup, uninterrupted):
     assert comparable(setup / "sigterm") == comparable(uninterrupted)
 
 
+def killed_and_resumed_equals_clean(setup: Path, name: str, config: dict, crash_at: str) -> None:
+    """Run ``config`` clean into ``<name>-clean``, and killed at ``crash_at`` then resumed into ``<name>-crash``:
+    the two runs' metrics must be the same."""
+    (setup / f"{name}.yaml").write_text(json.dumps(config))
+    clean = train(setup, f"{name}-clean", config=f"{name}.yaml")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    crashed = train(setup, f"{name}-crash", config=f"{name}.yaml", crash_at=crash_at)
+    assert crashed.returncode == -9
+    resumed = train(setup, f"{name}-crash", "--resume", config=f"{name}.yaml")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert comparable(setup / f"{name}-crash") == comparable(setup / f"{name}-clean")
+
+
 def test_killed_population_run_resumes_to_the_same_result(setup):
     """Two agents evolving (tournament + lr/temperature/K mutations), killed while training in iteration 2."""
     config = json.loads((setup / "config.yaml").read_text())
     config.update(population=2, evolution={"tournament_size": 2, "no_mutation": 0.2, "rl_hp": 0.8, "mutate_elite": True,
                                            "hp": {"lr": [1e-4, 1e-2], "temperature": [0.5, 1.5], "num_generations": [1, 4]}})
-    (setup / "pop.yaml").write_text(json.dumps(config))
-    clean = train(setup, "pop-clean", config="pop.yaml")
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    crashed = train(setup, "pop-crash", config="pop.yaml", crash_at="learn:2")
-    assert crashed.returncode == -9
-    resumed = train(setup, "pop-crash", "--resume", config="pop.yaml")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert comparable(setup / "pop-crash") == comparable(setup / "pop-clean")
+    killed_and_resumed_equals_clean(setup, "pop", config, "learn:2")
     rows = read_metrics(setup / "pop-clean")
     # each member's hyperparameters, lineage and fitness are recorded per generation; mutations happened
     assert all(len(r["population"]) == 2 for r in rows)
@@ -171,3 +177,17 @@ def test_killed_population_run_resumes_to_the_same_result(setup):
     assert {m["mutation"] for m in rows[-1]["population"]} & {"lr", "temperature", "num_generations"}
     latest = setup / "pop-crash" / "checkpoints" / "latest"
     assert sorted(p.name for p in (latest / "population").iterdir()) == sorted(f"agent_{m['index']}" for m in json.loads((latest / "run_state.json").read_text())["members"])
+
+
+def test_killed_run_with_difficulty_sampling_and_restarts_resumes_to_the_same_result(setup):
+    """The prompts' solve-rate history, the walk and the accumulated selections are part of the run state."""
+    config = json.loads((setup / "config.yaml").read_text())
+    config.update(sampling={"mastered_streak": 1, "unsolved_tries": 1, "unsolved_weight": 0.5, "max_draws": 2,
+                            "extra_samples": 1}, restart_from_base=True,
+                  selection={"strategy": "top_k", "top_k": 1, "threshold": 0.0, "prefer_shorter": True,
+                             "keep_truncated": True})
+    killed_and_resumed_equals_clean(setup, "hard", config, "learn:3")
+    rows = read_metrics(setup / "hard-clean")[1:]
+    assert all({"informative_prompts", "prompts_skipped_mastered", "prompts_unsolvable", "draws"} <= set(r) for r in rows)
+    # restart_from_base learns everything selected so far: the buffer grows with the kept samples
+    assert [r["buffer"] for r in rows] == [sum(x["kept"] for x in rows[: i + 1]) for i in range(len(rows))]
