@@ -23,15 +23,13 @@ from agilerl_selfsft.errors import SelfSFTError
 ADAPTER = "actor"
 
 
-def restart_from_base(agent: Any) -> int:
-    """Re-initialise the agent's ``actor`` adapter and clear its optimizer state.
+def check_restartable(agent: Any) -> None:
+    """Refuse, before any work, an agent :func:`restart_from_base` cannot restart.
 
     :param agent: a SelfSFT agent
     :type agent: SelfSFT
-    :return: the LoRA layers re-initialised
-    :rtype: int
     :raises SelfSFTError: under DeepSpeed or sharded weights, with a learning-rate schedule, or for an adapter
-        initialised another way
+        initialised another way than PEFT's default or ``"gaussian"``
     """
     if getattr(agent, "accelerator", None) is not None or is_sharded(agent):
         raise SelfSFTError("restart_from_base is not supported with an accelerator (DeepSpeed) or sharded weights: "
@@ -39,11 +37,24 @@ def restart_from_base(agent: Any) -> int:
     if getattr(agent, "lr_scheduler", None) is not None:
         raise SelfSFTError("restart_from_base with a learning-rate schedule is not supported: the schedule would "
                            "go on where it was; drop cosine_lr_schedule_config")
-    actor = unwrapped_actor(agent)
-    init = actor.peft_config[ADAPTER].init_lora_weights
+    init = unwrapped_actor(agent).peft_config[ADAPTER].init_lora_weights
     if init not in (True, "gaussian"):
         raise SelfSFTError(f"restart_from_base re-initialises LoRA the default way; the actor adapter was "
                            f"initialised with init_lora_weights={init!r}")
+
+
+def restart_from_base(agent: Any) -> int:
+    """Re-initialise the agent's ``actor`` adapter and clear its optimizer state.
+
+    :param agent: a SelfSFT agent
+    :type agent: SelfSFT
+    :return: the LoRA layers re-initialised
+    :rtype: int
+    :raises SelfSFTError: as :func:`check_restartable`
+    """
+    check_restartable(agent)
+    actor = unwrapped_actor(agent)
+    init = actor.peft_config[ADAPTER].init_lora_weights
     layers = [m for m in actor.modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
     for layer in layers:
         layer.reset_lora_parameters(ADAPTER, init)

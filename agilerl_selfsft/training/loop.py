@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agilerl_selfsft.algorithm.restart import check_restartable
 from agilerl_selfsft.algorithm.restart import restart_from_base as restart
 from agilerl_selfsft.algorithm.selfsft import SelfSFT
 from agilerl_selfsft.distributed import DataParallel, check_launch
@@ -156,6 +157,8 @@ def finetune_llm_selfsft(
         env.accelerator = dp.accelerator  # each process trains on its slice of every batch
     run_dir = Path(checkpoint_path) if checkpoint_path is not None else None
     if restart_from_base:
+        for agent in pop:
+            check_restartable(agent)  # before any work
         env.accumulate = True  # before any replay memory exists (a resume restores them into accumulating ones)
     done, history = _resume(run_dir, env, pop, mutation, verbose) if resume else (-1, [])
     metrics = RunLog(run_dir, history, dp, open_wandb(wandb_api_key, init_hp) if wb and dp.is_main else None)

@@ -47,8 +47,15 @@ def test_restart_gives_back_the_base_policy_and_an_empty_optimizer(make_agent, t
     assert not torch.allclose(logits(agent, ids), base, atol=1e-5)
 
 
-def test_restart_refuses_a_learning_rate_schedule(make_agent):
+def test_restart_refuses_a_learning_rate_schedule_and_the_loop_refuses_it_before_any_work(make_agent, tokenizer):
+    from agilerl_selfsft import SelfSFTGym, Task, finetune_llm_selfsft
+
     agent = make_agent()
     agent.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(agent.optimizer.optimizer, lambda step: 1.0)
     with pytest.raises(SelfSFTError, match="learning-rate schedule"):
         restart_from_base(agent)
+    tasks = [Task(0, [{"role": "user", "content": "Hi?"}], "Hi?")]
+    env = SelfSFTGym(tasks, tasks, tokenizer, lambda prompts, completions, **_: [1.0] * len(completions))
+    with pytest.raises(SelfSFTError, match="learning-rate schedule"):
+        finetune_llm_selfsft([agent], env, iterations=1, restart_from_base=True, verbose=False)
+    assert agent.fitness == []  # refused before the base policy was even evaluated
