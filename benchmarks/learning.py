@@ -178,6 +178,25 @@ def goals(result: dict[str, Any], task: str, table: dict[str, dict[str, Any]]) -
                      + f"; half of GRPO's time is {grpo_s / 2:.0f} s: **{'met' if ok else 'not met'}**."
                      + (" (SelfSFT's curve starts at the base model's reward, so t=0 means GRPO's final mean is at or "
                         "below the base model's.)" if when == 0 else ""))
+    for method in [m for m in ("difficulty", "restart", "top1", "shorter") if m in table and "selfsft" in table]:
+        target = float(np.mean(table["selfsft"]["sampled"]))
+        tokens = float(np.mean([f["gen_tokens"] for r in result["runs"] if r["task"] == task
+                                and r["method"] == "selfsft" and r["points"] for f in r["points"][-1:]]))
+        def first_reach(name: str) -> list[float | None]:  # per seed: tokens generated at the first point >= target
+            out = []
+            for run in [r for r in result["runs"] if r["task"] == task and r["method"] == name and r["points"]]:
+                hit = [p for p in run["points"] if p["sampled"] >= target - 1e-9]
+                out.append(hit[0]["gen_tokens"] if hit else None)
+            return out
+
+        reached, own = first_reach(method), [t for t in first_reach("selfsft") if t is not None]
+        got = [t for t in reached if t is not None]
+        diff = float(np.mean(table[method]["sampled"])) - target
+        lines.append(f"- {method} vs selfsft: final sampled held-out reward {diff:+.3f}; {len(got)} of {len(reached)} "
+                     f"seeds reach selfsft's final mean ({target:.3f}, after {tokens:.0f} generated tokens)"
+                     + (f", after {np.mean(got):.0f} generated tokens on average ({np.mean(got) / tokens - 1:+.0%}); "
+                        f"selfsft's own seeds first reach it after {np.mean(own):.0f} (a curve that peaks before its "
+                        "end reaches its final mean early)" if got else "") + ".")
     if "selfsft" in table and "random" in table:
         diff = float(np.mean(table["selfsft"]["sampled"]) - np.mean(table["random"]["sampled"]))
         diff_g = float(np.mean(table["selfsft"]["greedy"]) - np.mean(table["random"]["greedy"]))
@@ -219,7 +238,9 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = ["# Learning benchmark: held-out reward vs training time (SmolLM2-135M-Instruct)", "",
              f"Budget {s['budget_s']:.0f} training s per run (evaluation excluded, a run stops at the first iteration "
-             f"boundary at or after it); seeds {s['seeds']}; held-out: the first {s['eval_prompts']} prompts, one greedy "
+             f"boundary at or after it); seeds {s['seeds']}; "
+             + (f"train: the first {s['train_prompts']} prompts; " if s.get("train_prompts") else "")
+             + f"held-out: the first {s['eval_prompts']} prompts, one greedy "
              f"answer and {s['eval_samples']} samples at T={s['eval_temperature']} each, evaluated every "
              f"{s['eval_every_s'] or s['budget_s'] / 4:.0f} training s and at the end. {result['process_model']}", "",
              "Final = each run's last evaluation; mean ± std over seeds. Training s, tokens and iterations: means over "
@@ -265,8 +286,9 @@ def plot(result: dict[str, Any], task: str, path: Path) -> None:
 
     k = result["settings"]["eval_samples"]
     panels = [("sampled", "held-out reward, sampled (T=0.8)"), ("greedy", "held-out reward, greedy")]
-    if any(p.get("pass_at_k") is not None for r in result["runs"] for p in r["points"]):
-        panels += [("pass_at_k", f"held-out pass@{k}"), ("maj_at_k", f"held-out maj@{k}")]
+    for key, title in (("pass_at_k", f"held-out pass@{k}"), ("maj_at_k", f"held-out maj@{k}")):
+        if any(p.get(key) is not None for r in result["runs"] if r["task"] == task for p in r["points"]):
+            panels.append((key, title))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), sharey=True)
     for ax, (key, title) in zip(axes, panels, strict=True):
         for method in result["settings"]["methods"]:
@@ -306,6 +328,8 @@ def main() -> None:
     parser.add_argument("--eval-every-s", type=float, default=None, help="training s between evaluations (default budget/4)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature of training samples (default 0.8)")
     parser.add_argument("--prompts-per-iteration", type=int, default=None, help="train prompts per SFT iteration (default 16)")
+    parser.add_argument("--train-prompts", type=int, default=None,
+                        help="the first N train prompts only (default: all), so a budget covers several passes")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, 1 thread each")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--from-json", default=None, help="re-render learning.md and the plots from this learning.json")
@@ -328,7 +352,8 @@ def main() -> None:
         "learning.py and learning_methods.py disagree"
     torch.set_num_threads(1)
     settings = Settings.quick() if args.quick else Settings()
-    for name in ("budget_s", "eval_samples", "eval_prompts", "eval_every_s", "temperature", "prompts_per_iteration"):
+    for name in ("budget_s", "eval_samples", "eval_prompts", "eval_every_s", "temperature", "prompts_per_iteration",
+                 "train_prompts"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     tasks = args.tasks or (["capitals"] if args.quick else list(DEFAULT_TASKS))

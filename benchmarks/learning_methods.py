@@ -107,6 +107,7 @@ class Settings:
     lora_r: int = 16
     eval_every_s: float | None = None  # training seconds between evaluations, defaults to budget_s / 4
     prompts_per_iteration: int = 16  # train prompts per iteration: selfsft, random, gold_sft
+    train_prompts: int | None = None  # the first N train prompts only (None: all)
     sft_epochs: int = 2  # passes over an iteration's kept samples (selfsft, random, gold_sft)
     sft_batch_size: int = 16
     grpo_prompts_per_step: int = 8  # ReasoningGym's default batch: 8 prompts x K = 32 completions per GRPO step
@@ -204,7 +205,7 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
     torch.set_num_threads(1)
     folder, reward_name = TASKS[task]
     s = dataclasses.replace(s, max_new_tokens=NEW_TOKENS.get(task, s.max_new_tokens))
-    train, held_out = load_tasks(folder / "train.jsonl"), load_tasks(folder / "eval.jsonl")[: s.eval_prompts]
+    train, held_out = load_tasks(folder / "train.jsonl")[: s.train_prompts], load_tasks(folder / "eval.jsonl")[: s.eval_prompts]
     train_reward_spec, threshold = TRAIN_REWARDS.get(method, (reward_name, 1.0))
     if method == "vote":  # no train labels: majority_vote's label_accuracy alone reads them, under another name
         train = [dataclasses.replace(t, columns={"hidden_answer": t.columns["answer"]}) for t in train]
