@@ -148,6 +148,7 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
         ({"device": "gpu"}, "key 'device': use auto, cpu, cuda or cuda:N, got 'gpu'"),
         ({"reward_timeout": 0}, "key 'reward_timeout': Input should be greater than 0"),
         ({"sampling": {"max_draw": 2}}, "unknown key 'sampling.max_draw'; did you mean 'max_draws'?"),
+        ({"preset": "fast"}, "key 'preset': Input should be 'default' or 'efficient'"),
         ({"sampling": {"recheck": 2}}, "key 'sampling': sampling.recheck must be in [0, 1], got 2"),
         ({"selection": {"prefer_shorter": True}}, "prefer_shorter only changes top_k and top_fraction selection"),
         ({"reward": {"name": "length_penalty", "max_chars": 0}}, "length_penalty: max_chars must be an integer >= 1"),
@@ -185,6 +186,20 @@ def test_the_efficiency_settings_reach_the_environment_and_the_loop(workdir, tin
     rows = read_metrics(workdir / "run")[1:]
     assert [r["buffer"] for r in rows] == [rows[0]["kept"], rows[0]["kept"] + rows[1]["kept"]]  # accumulated
     assert all("informative_prompts" in r and "eval_pass@1" in r for r in rows)
+
+
+def test_a_preset_fills_what_the_config_leaves_out_and_the_config_wins(workdir, tiny_model_dir):
+    from agilerl_selfsft.config import PRESETS, load_config
+
+    plain = load_config(write_config(workdir, tiny_model_dir, selection={}))
+    assert plain.preset == "default" and plain.selection.strategy == "threshold" and not plain.selection.prefer_shorter
+    efficient = load_config(write_config(workdir, tiny_model_dir, preset="efficient", selection={}))
+    assert efficient.selection.model_dump() == {**plain.selection.model_dump(), **PRESETS["efficient"]["selection"]}
+    mine = load_config(write_config(workdir, tiny_model_dir, preset="efficient", selection={"top_k": 2}, lr=0.01))
+    assert (mine.selection.strategy, mine.selection.top_k, mine.selection.prefer_shorter, mine.lr) == ("top_k", 2, True, 0.01)
+    with_sampling = load_config(write_config(workdir, tiny_model_dir, preset="efficient", selection={},
+                                             sampling={"max_draws": 3}))
+    assert with_sampling.sampling.max_draws == 3 and with_sampling.selection.prefer_shorter
 
 
 def test_a_cuda_device_this_machine_lacks_is_one_line_and_writes_nothing(workdir, tiny_model_dir, capsys):
