@@ -276,7 +276,8 @@ def _learn(
         _info(verbose, "%s [Stage 4] Nothing passed the filter: skipping training this iteration.", who)
         return learned
     if from_base:
-        _info(verbose, "%s [Stage 4] Restarting from the base: %d LoRA layers re-initialised.", who, restart(agent))
+        layers = restart(agent)  # fresh actor adapter and optimizer: this iteration trains from the base
+        _info(verbose, "%s [Stage 4] Restarting from the base: %d LoRA layers re-initialised.", who, layers)
     rows = agent.batch_size_per_process
     batch = env.reset(batch_size=rows)  # from here on, batches of this agent's size
     steps = sft_epochs * env.num_batches  # a batch: every process's rows
