@@ -184,7 +184,8 @@ def sample_iteration(
     scored, generations = sample_scored(agent, env, tasks)
     target, draws = len(tasks), 1
     rates = solve_rates(scored, threshold)
-    informative = lambda: [i for i, r in rates.items() if 0 < r < (settings.mastered if settings else 1)]  # noqa: E731
+    ceiling = settings.mastered if settings is not None else 1.0  # at or above: mastered, not informative
+    informative = lambda: [i for i, r in rates.items() if 0 < r < ceiling]  # noqa: E731
     budget_left = lambda: settings.token_budget is None or generations.num_tokens < settings.token_budget  # noqa: E731
     while settings is not None and draws < settings.max_draws and len(informative()) < target and budget_left():
         more = env.sample_prompts(target - len(informative()), exclude=set(rates))
@@ -200,11 +201,10 @@ def sample_iteration(
         if chosen:
             new, made = sample_scored(agent, env, chosen, num_generations=settings.extra_samples)
             scored, generations, extra = scored + new, merge(generations, made), len(new)
-    rates = curriculum.observe(scored, threshold)
+    rates = curriculum.observe(scored, threshold)  # the extra samples included
     skipped = curriculum.take_skipped()
     return scored, generations, {
-        "draws": float(draws), "prompts_sampled": float(len(rates)),
-        "informative_prompts": float(sum(0 < r < (settings.mastered if settings else 1) for r in rates.values())),
+        "draws": float(draws), "prompts_sampled": float(len(rates)), "informative_prompts": float(len(informative())),
         "prompts_skipped_mastered": float(skipped["mastered"]), "prompts_unsolvable": float(skipped["unsolvable"]),
         "extra_samples": float(extra),
     }
