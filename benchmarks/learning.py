@@ -48,13 +48,14 @@ sys.path.insert(1, str(HERE.parent))  # and the library of this checkout
 
 # as in learning_methods (checked in main), which is not imported for --from-json: it loads agilerl
 METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge", "difficulty", "restart",
-           "top1", "shorter")
+           "top1", "shorter", "efficient")
 TASKS = ("capitals", "arithmetic", "code")
 DEFAULT_TASKS = ("capitals", "arithmetic")  # code's 160-token answers make its runs several times slower
 ONLY_ON = {"vote": ("arithmetic",), "judge": ("capitals",)}  # methods run on some tasks only
 COLOURS = {"selfsft": "tab:blue", "random": "tab:gray", "grpo_shipped": "tab:orange", "grpo_fixed": "tab:red",
            "gold_sft": "tab:green", "vote": "tab:purple", "judge": "tab:brown", "difficulty": "tab:cyan",
-           "restart": "tab:olive", "top1": "tab:pink", "shorter": "black"}
+           "restart": "tab:olive", "top1": "tab:pink", "shorter": "black",
+           "efficient": "goldenrod"}
 
 
 # ---- running ----

@@ -26,6 +26,8 @@ One iteration of each method:
   sample selected so far;
 - ``top1`` / ``shorter``: ``selfsft`` keeping the best sample per prompt (``top_k``, k=1, threshold 1), and the
   same preferring the shorter among equally rewarded ones (``prefer_shorter``);
+- ``efficient``: ``selfsft`` with the selection section of the config's ``preset: efficient``
+  (:data:`agilerl_selfsft.config.PRESETS`, read here, so the arm is whatever the preset is);
 - ``grpo_shipped`` / ``grpo_fixed``: one call of AgileRL 2.10.0's ``finetune_llm_reasoning`` with
   ``max_steps=grpo_prompts_per_step`` (one GRPO step: that many prompts x K completions) on a ReasoningGym
   over the same prompts and reward. ``grpo_fixed`` sets ``initial_prompt_len`` on every prompt (notes, pitfall
@@ -65,6 +67,7 @@ from peft import LoraConfig  # noqa: E402
 
 from agilerl_selfsft import SelfSFT, SelfSFTGym, load_model, load_tasks  # noqa: E402
 from agilerl_selfsft.algorithm.restart import restart_from_base  # noqa: E402
+from agilerl_selfsft.config import PRESETS  # noqa: E402
 from agilerl_selfsft.data.chat import turn_end_token_ids  # noqa: E402
 from agilerl_selfsft.data.tasks import ARITHMETIC_DIR, CAPITALS_DIR, CODE_DIR  # noqa: E402
 from agilerl_selfsft.rewards import resolve_reward, score  # noqa: E402
@@ -77,8 +80,8 @@ MODEL = "smollm2-135m-instruct"
 TASKS = {"capitals": (CAPITALS_DIR, "contains"), "arithmetic": (ARITHMETIC_DIR, "first_number"),
          "code": (CODE_DIR, "python_tests")}
 METHODS = ("selfsft", "random", "grpo_shipped", "grpo_fixed", "gold_sft", "vote", "judge", "difficulty", "restart",
-           "top1", "shorter")
-SFT_METHODS = ("selfsft", "random", "gold_sft", "vote", "judge", "difficulty", "restart", "top1", "shorter")
+           "top1", "shorter", "efficient")
+SFT_METHODS = ("selfsft", "random", "gold_sft", "vote", "judge", "difficulty", "restart", "top1", "shorter", "efficient")
 DIFFICULTY = {"mastered": 1.0, "mastered_streak": 1, "recheck": 0.1, "unsolved_tries": 1, "unsolved_weight": 0.25,
               "max_draws": 2}
 NEW_TOKENS = {"code": 160}  # max_new_tokens of a task whose answers are longer than the settings' (training and eval)
@@ -117,6 +120,15 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         return cls(budget_s=20.0, eval_prompts=8, eval_every_s=10.0, prompts_per_iteration=4, grpo_prompts_per_step=4)
+
+
+def gym_selection(method: str) -> dict[str, Any]:
+    """The selection keywords of ``SelfSFTGym`` for an SFT method (``efficient``: the preset's ``selection:``)."""
+    if method == "efficient":
+        section = dict(PRESETS["efficient"].get("selection", {}))
+        return {"selection": section.pop("strategy", "threshold"), **section}
+    return {"random": {"selection": "random"}, "top1": {"selection": "top_k", "top_k": 1},
+            "shorter": {"selection": "top_k", "top_k": 1, "prefer_shorter": True}}.get(method, {"selection": "threshold"})
 
 
 def lora(s: Settings) -> LoraConfig:
@@ -211,11 +223,10 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
         train = [dataclasses.replace(t, columns={"hidden_answer": t.columns["answer"]}) for t in train]
     started = time.perf_counter()
     agent, tokenizer = selfsft_agent(s, seed)  # the trainer (SFT methods) or the evaluator (GRPO)
-    selection = {"random": "random", "top1": "top_k", "shorter": "top_k"}.get(method, "threshold")
     env = SelfSFTGym(train, held_out, tokenizer, train_reward_spec, data_batch_size_per_gpu=s.sft_batch_size,
-                     selection=selection, top_k=1, threshold=threshold, seed=seed,
-                     eval_reward=reward_name, keep_truncated=task in KEEP_TRUNCATED, prefer_shorter=method == "shorter",
-                     accumulate=method == "restart", sampling=DIFFICULTY if method == "difficulty" else None)
+                     threshold=threshold, seed=seed, eval_reward=reward_name, keep_truncated=task in KEEP_TRUNCATED,
+                     accumulate=method == "restart", sampling=DIFFICULTY if method == "difficulty" else None,
+                     **gym_selection(method))
     points: list[dict[str, Any]] = []
     totals = {"train_s": 0.0, "gen_tokens": 0, "trained_tokens": 0, "iterations": 0}
     extra: dict[str, Any] = {}
