@@ -76,6 +76,7 @@ class Scored:
     learn_turns: list[int] | None = None  # indices of the assistant turns that carry loss (None: see above)
     tools: list[dict[str, Any]] | None = None  # tool schemas the chat template renders with the messages
     info: dict[str, float] = field(default_factory=dict)  # an agent's own per-trajectory measurements
+    terms: dict[str, float | None] = field(default_factory=dict)  # each reward function's value (None: no score)
 
 
 @dataclass

@@ -166,7 +166,7 @@ def solve_rates(scored: list[Scored], threshold: float) -> dict[int, float]:
 
 def sample_iteration(
     agent: Any, env: Any, tasks: list[Task], threshold: float
-) -> tuple[list[Scored], Generations, dict[str, float]]:
+) -> tuple[list[Scored], Generations, dict[str, int]]:
     """Sample and score K completions for ``tasks`` and, with difficulty settings on ``env``, refill the iteration
     with fresh prompts and give informative prompts extra samples (see the module docstring); record the solve
     rates in the environment's history.
@@ -204,9 +204,9 @@ def sample_iteration(
     rates = curriculum.observe(scored, threshold)  # the extra samples included
     skipped = curriculum.take_skipped()
     return scored, generations, {
-        "draws": float(draws), "prompts_sampled": float(len(rates)), "informative_prompts": float(len(informative())),
-        "prompts_skipped_mastered": float(skipped["mastered"]), "prompts_unsolvable": float(skipped["unsolvable"]),
-        "extra_samples": float(extra),
+        "draws": draws, "prompts_sampled": len(rates), "informative_prompts": len(informative()),
+        "prompts_skipped_mastered": int(skipped["mastered"]), "prompts_unsolvable": int(skipped["unsolvable"]),
+        "extra_samples": extra,
     }
 
 

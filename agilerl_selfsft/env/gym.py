@@ -227,8 +227,8 @@ class SelfSFTGym:
 
     # ---- scoring and selection ----
     def score(self, tasks: list[Task], generations: Generations, policy: Any = None) -> list[Scored]:
-        """Score every completion of ``generations`` (``texts[i]`` answers ``tasks[i]``) with the reward (the eval
-        reward in :meth:`eval_mode`), ``policy`` handed to functions that take it; their counts: :attr:`reward_metrics`."""
+        """Score each completion (``texts[i]`` answers ``tasks[i]``) by the reward (:meth:`eval_mode`: the eval reward),
+        handing ``policy`` on; counts in :attr:`reward_metrics` (``unscored``: no score, left out)."""
         if self.agent is not None:
             raise SelfSFTError("this environment's samples are scored by its agent: use agents.rollout, not score")
         flat_tasks = [t for t, texts in zip(tasks, generations.texts, strict=True) for _ in texts]
@@ -237,14 +237,14 @@ class SelfSFTGym:
         self.reward_metrics = {}
         if not completions:
             return []
-        names = {name for t in flat_tasks for name in t.columns}
-        columns = {name: [t.columns.get(name) for t in flat_tasks] for name in names}
+        columns = {c: [t.columns.get(c) for t in flat_tasks] for c in {n for t in flat_tasks for n in t.columns}}
         functions = self.eval_rewards if self.evaluation_mode else self.rewards
         rewards = score(functions, [t.prompt for t in flat_tasks], completions, columns, self.reward_timeout, policy)
         self.reward_metrics = dict(rewards.metrics)
-        return [
-            Scored(t.id, [*t.messages, {"role": "assistant", "content": c}], c, r, f)
-            for t, c, r, f in zip(flat_tasks, completions, rewards, finished, strict=True)
+        terms = [dict(zip(rewards.terms, values, strict=True)) for values in zip(*rewards.terms.values(), strict=True)]
+        return [  # a completion no reward function scored (None) is no sample
+            Scored(t.id, [*t.messages, {"role": "assistant", "content": c}], c, r, f, terms=m)
+            for t, c, r, f, m in zip(flat_tasks, completions, rewards, finished, terms, strict=True) if r is not None
         ]
 
     def replay_for(self, member: int = 0) -> ReplayBuffer:
@@ -340,11 +340,11 @@ class SelfSFTGym:
         self.buffer = (own if fraction < 1 else []) + static
         self._order, self._cursor = [], 0
         return {
-            "kept": float(len(kept)),
-            "replayed": float(len(replayed)),
-            "static": float(len(static)),
-            "buffer": float(len(self.buffer)),
-            "prompts_solved": float(len({s.prompt_id for s in kept})),
+            "kept": len(kept),
+            "replayed": len(replayed),
+            "static": len(static),
+            "buffer": len(self.buffer),
+            "prompts_solved": len({s.prompt_id for s in kept}),
             "static_fraction": float(fraction),
         }
 

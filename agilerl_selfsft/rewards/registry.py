@@ -12,7 +12,8 @@ import difflib
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from agilerl_selfsft.errors import SelfSFTError
@@ -51,7 +52,9 @@ def _keywords(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in params.items() if p.kind in plain and n not in ("prompts", "completions")}
 
 
-def resolve_reward(spec: Any, builtins: Mapping[str, RewardFn] | None = None) -> list[WeightedReward]:
+def resolve_reward(
+    spec: Any, builtins: Mapping[str, RewardFn] | None = None, folders: Sequence[str | Path] = ()
+) -> list[WeightedReward]:
     """Turn a reward spec into weighted functions.
 
     A spec is a callable, a built-in name, ``"package.module:function"``, a mapping ``{name, weight,
@@ -59,13 +62,15 @@ def resolve_reward(spec: Any, builtins: Mapping[str, RewardFn] | None = None) ->
     of those.
 
     :param builtins: the names known, defaults to None (:data:`BUILTINS`)
+    :param folders: where else a ``module:function``'s module may be (the config's folder; the working
+        directory is always tried), defaults to ()
     :raises SelfSFTError: for an unknown name or option, a bad weight, or an empty list
     """
     builtins = BUILTINS if builtins is None else builtins
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise SelfSFTError("reward: the list of reward functions is empty")
-        return [r for item in spec for r in resolve_reward(item, builtins)]
+        return [r for item in spec for r in resolve_reward(item, builtins, folders)]
     weight, options = 1.0, {}
     if isinstance(spec, Mapping):
         if "name" not in spec:
@@ -81,7 +86,7 @@ def resolve_reward(spec: Any, builtins: Mapping[str, RewardFn] | None = None) ->
     elif spec in builtins:
         fn, name = builtins[spec], spec
     elif ":" in spec:
-        fn, name = import_function(spec), spec
+        fn, name = import_function(spec, folders=folders), spec
     else:
         close = difflib.get_close_matches(spec, list(builtins), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

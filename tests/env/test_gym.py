@@ -69,6 +69,25 @@ def test_score_with_a_builtin_and_a_broken_reward(tokenizer):
         env.score(tasks, Generations(texts=[["a", "b"]], finished=[[True, True]]))
 
 
+def test_a_completion_no_reward_scored_is_no_sample_and_each_term_is_kept(tokenizer):
+    tasks = make_tasks(COUNTRIES[:2])
+
+    def only_short(prompts, completions, **kwargs):  # TRL style: None = "not mine to score"
+        return [True if len(c) < 6 else None for c in completions]
+
+    env = make_env(tokenizer, [only_short, {"name": "contains", "weight": 0.5}], train=tasks)
+    scored = env.score(tasks, Generations(texts=[["Paris", "Lyon is it"], ["Bonn", "It is Berlin"]],
+                                          finished=[[True, True], [True, True]]))
+    assert [(x.completion, x.reward, x.terms) for x in scored] == [
+        ("Paris", 1.5, {"only_short": 1.0, "contains": 1.0}), ("Lyon is it", 0.0, {"only_short": None, "contains": 0.0}),
+        ("Bonn", 1.0, {"only_short": 1.0, "contains": 0.0}), ("It is Berlin", 0.5, {"only_short": None, "contains": 1.0})]
+    env = make_env(tokenizer, only_short, train=tasks)
+    scored = env.score(tasks, Generations(texts=[["Paris", "Lyon is it"], ["Bonn", "It is Berlin"]],
+                                          finished=[[True, True], [True, True]]))
+    assert [x.completion for x in scored] == ["Paris", "Bonn"] and env.reward_metrics == {"unscored": 2.0}
+    assert env.refill(scored)["kept"] == 2
+
+
 def scored_samples(tasks, per_prompt, good_every=2):
     out = []
     for t in tasks:

@@ -168,16 +168,47 @@ def test_resolve_unknown_name_lists_the_builtins_and_suggests_the_closest():
         assert name in message
 
 
-def test_resolve_module_that_does_not_import():
-    with pytest.raises(SelfSFTError, match="does not import") as info:
-        resolve_reward("nonexistent_mod:fn")
-    assert "nonexistent_mod" in str(info.value)
+def test_a_missing_module_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SelfSFTError) as info:
+        resolve_reward("nonexistent_mod:fn", folders=[tmp_path / "configs"])
+    assert str(info.value) == (
+        f"reward 'nonexistent_mod:fn': no module 'nonexistent_mod' on the import path, in the config's folder or in "
+        f"the working directory ({tmp_path / 'configs'}, {tmp_path}); put nonexistent_mod.py there or add its folder "
+        "to PYTHONPATH")
 
 
-def test_resolve_module_without_the_function():
+def test_a_module_that_fails_on_import_is_told_from_a_missing_one(tmp_path, monkeypatch):
+    (tmp_path / "needs_more.py").write_text("import not_installed_pkg_xyz\n\ndef fn(prompts, completions, **kw):\n"
+                                            "    return [1.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SelfSFTError, match=r"module 'needs_more' does not import \(ModuleNotFoundError: No module "
+                                           r"named 'not_installed_pkg_xyz'\)"):
+        resolve_reward("needs_more:fn")
+
+
+def test_a_module_next_to_the_config_or_in_the_cwd_is_found_without_pythonpath(tmp_path, monkeypatch):
+    import sys
+
+    configs, cwd = tmp_path / "configs", tmp_path / "cwd"
+    configs.mkdir()
+    cwd.mkdir()
+    (configs / "my_config_reward.py").write_text("def fn(prompts, completions, **kw):\n    return [2.0] * len(completions)\n")
+    (cwd / "my_cwd_reward.py").write_text("def fn(prompts, completions, **kw):\n    return [3.0] * len(completions)\n")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the folders appended are undone after the test
+    assert score(resolve_reward("my_config_reward:fn", folders=[configs]), ["q"], ["c"], {}) == [2.0]
+    assert score(resolve_reward("my_cwd_reward:fn"), ["q"], ["c"], {}) == [3.0]
+    assert sys.path[-2:] == [str(configs), str(cwd)]  # after everything else: they never shadow a package
+
+
+def test_resolve_module_without_the_function_suggests_the_closest():
     with pytest.raises(SelfSFTError, match="no function") as info:
         resolve_reward("json:nope")
-    assert "nope" in str(info.value)
+    assert "nope" in str(info.value) and "did you mean" not in str(info.value)
+    with pytest.raises(SelfSFTError) as info:
+        resolve_reward("json:lods")
+    assert str(info.value) == "reward 'json:lods': json has no function 'lods'; did you mean 'loads'?"
 
 
 @pytest.mark.parametrize(
@@ -239,12 +270,26 @@ def test_score_reports_a_string_value():
         _score_with(str_reward)
 
 
-def test_score_rejects_bools():
+def test_score_takes_bools_ints_and_none_as_trl_does():
     def bool_reward(prompts, completions, **kwargs):
-        return [True, False, True, False]
+        return [True, False, 1, None]
 
-    with pytest.raises(SelfSFTError, match=r"bool_reward.*non-number at index 0"):
-        _score_with(bool_reward)
+    values = _score_with(bool_reward)
+    assert list(values) == [1.0, 0.0, 1.0, None] and values.metrics["unscored"] == 1.0
+    assert values.terms == {"bool_reward": [1.0, 0.0, 1.0, None]}
+
+
+def test_a_none_term_is_left_out_of_the_weighted_sum_and_all_none_is_unscored():
+    def first(prompts, completions, **kwargs):
+        return [1.0, None, None, 0.5]
+
+    def second(prompts, completions, **kwargs):
+        return [None, 2.0, None, 1.0]
+
+    values = score(resolve_reward([first, {"name": second, "weight": 0.5}]), ["q"] * 4, ["c"] * 4, {})
+    assert list(values) == [1.0, 1.0, None, 1.0] and values.metrics == {"unscored": 1.0}
+    assert values.terms == {"first": [1.0, None, None, 0.5], "second": [None, 2.0, None, 1.0]}
+    assert "unscored" not in score(resolve_reward(contains), ["q"], ["Paris"], {"answer": ["Paris"]}).metrics
 
 
 def test_score_reports_a_non_list():
