@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from agilerl_selfsft.data.chat import turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.models import EMBEDDED_NAME, load_model, resolve_model_path
 from agilerl_selfsft.training.checkpoints import verify_checkpoint
@@ -184,7 +185,8 @@ def merged_model(
     :param base_model: the base model, defaults to the one the checkpoint records
     :param manifest: the checkpoint's verified manifest (verified here when not given)
     :param check: called as ``check(base, tokenizer)`` before the adapter is loaded (to refuse early)
-    :return: ``(model, tokenizer)``; the tokenizer has a pad token (the eos when it had none)
+    :return: ``(model, tokenizer)``; the tokenizer's eos is the chat template's end of turn (the model's
+        ``generation_config`` stops at it and at the old eos), and it has a pad token (the eos when it had none)
     :raises SelfSFTError: for a base model that cannot be found or that the adapter does not fit
     """
     from peft import PeftModel
@@ -195,6 +197,9 @@ def merged_model(
     path = _base_model_path(checkpoint, manifest, base_model)
     base, _ = load_model(path, dtype=torch.float32, device="cpu")  # merged and written from host memory
     tokenizer = AutoTokenizer.from_pretrained(path)
+    ends_turn = turn_end_token_ids(tokenizer)
+    if ends_turn[0] != tokenizer.eos_token_id:  # e.g. SmolLM2's eos is <|im_start|>: any consumer stops at the turn end
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(ends_turn[0])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if check is not None:
@@ -206,6 +211,7 @@ def merged_model(
         raise SelfSFTError(f"the actor adapter of {checkpoint} does not fit base model {path}: {first}") from None
     model = peft_model.merge_and_unload()
     model.eval()
+    model.generation_config.eos_token_id = ends_turn
     return model, tokenizer
 
 
@@ -265,6 +271,7 @@ def _staged(output: Path, file: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         yield tmp / output.name if file else tmp
+        _normal_modes(tmp)  # mkdtemp's 700 (and 600 files some writers make) would leak into the output
         if file:
             os.replace(tmp / output.name, output)  # atomic, also over an existing file
         elif output.exists() or output.is_symlink():  # a folder cannot be renamed over a non-empty one
@@ -280,6 +287,15 @@ def _staged(output: Path, file: bool) -> Iterator[Path]:
             os.replace(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normal_modes(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``mkdir`` / ``open`` would under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _remove(path: Path) -> None:

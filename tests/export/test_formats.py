@@ -457,3 +457,27 @@ def test_an_existing_output_is_kept_when_an_export_fails_midway(trained, tmp_pat
     with pytest.raises(OSError):
         export_adapter(trained.path, folder, overwrite=True)
     assert [p.name for p in folder.iterdir()] == ["keep.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "model.gguf"]
+
+
+def test_exports_stop_at_the_end_of_turn_and_get_the_umasks_modes(trained, tmp_path):
+    import os
+    import stat
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    old = os.umask(0o022)
+    try:
+        merged = export_merged(trained.path, tmp_path / "merged")
+        single = export_gguf(trained.path, tmp_path / "model.gguf", outtype="q8_0")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(merged.stat().st_mode) == 0o755  # not the staging folder's 700
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in merged.iterdir()} == {p.name: 0o644 for p in merged.iterdir()}
+    assert stat.S_IMODE(single.stat().st_mode) == 0o644
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    assert tokenizer.eos_token == "<|im_end|>"  # SmolLM2's own eos is <|im_start|>
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end in GenerationConfig.from_pretrained(merged).eos_token_id
+    import gguf
+
+    assert gguf.GGUFReader(str(single)).fields["tokenizer.ggml.eos_token_id"].contents() == end
