@@ -16,6 +16,7 @@ Why each switch exists (see the project's notes on agilerl 2.10.0):
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -32,18 +33,39 @@ if "agilerl.algorithms" in sys.modules and "agilerl_selfsft" not in sys.modules:
         stacklevel=2,
     )
 
-import torch  # noqa: E402
-
-if not torch.cuda.is_available():
-    # DeepSpeed (imported by agilerl) otherwise warns "Setting accelerator to CPU" on every start.
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-import agilerl  # noqa: E402
+import agilerl  # noqa: E402  (cheap: it imports no torch)
 
 if importlib.util.find_spec("transformers") and importlib.util.find_spec("peft"):
     agilerl.HAS_LLM_DEPENDENCIES = True
 
-if not torch.cuda.is_available():
-    agilerl.HAS_LIGER_KERNEL = False
-
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def _settle_cuda() -> None:
+    """What needs to know whether CUDA is there, done once before ``agilerl.algorithms`` or DeepSpeed load (this
+    imports torch, which ``import agilerl_selfsft`` alone does not: ``agilerl-selfsft --help`` stays fast)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        # DeepSpeed (imported by agilerl) otherwise warns "Setting accelerator to CPU" on every start.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        agilerl.HAS_LIGER_KERNEL = False
+
+
+class _BeforeAgileRLAlgorithms(importlib.abc.MetaPathFinder):
+    """An import hook that runs :func:`_settle_cuda` when ``agilerl.algorithms`` or ``deepspeed`` is first
+    imported, and then removes itself; it finds nothing itself."""
+
+    TRIGGERS = ("agilerl.algorithms", "deepspeed")
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name in self.TRIGGERS and self in sys.meta_path:
+            sys.meta_path.remove(self)
+            _settle_cuda()
+        return None
+
+
+if any(name in sys.modules for name in _BeforeAgileRLAlgorithms.TRIGGERS):  # pragma: no cover -- too late to defer
+    _settle_cuda()
+else:
+    sys.meta_path.insert(0, _BeforeAgileRLAlgorithms())
