@@ -276,6 +276,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["## Settings", "", "```", json.dumps(s, indent=1), "```", "",
               f"Total wall time {result['wall_s'] / 60:.1f} min; fp32 matmul with 1 thread: "
               f"{result['matmul_gflops_1_thread']:.0f} GFLOP/s.", ""]
+    for extra in result.get("added", []):  # runs added to this result by a later invocation (--add-to)
+        lines += [f"Added {extra['date']} ({extra['wall_s'] / 60:.1f} min, load before / after "
+                  f"{extra['machine_load']['before']} / {extra['machine_load']['after']}): `{extra['command']}`", ""]
     return "\n".join(lines + environment_markdown(result))
 
 
@@ -317,6 +320,20 @@ def render(result: dict[str, Any], out_dir: Path) -> None:
             plot(result, task, out_dir / f"learning_{task}.png")
 
 
+def extended(earlier: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` with the runs of ``added`` (a new run replaces a failed one of the same task, seed and method),
+    its methods, seeds and wall time added, and both invocations' commands, machine loads and dates kept."""
+    new = {(r["task"], r["seed"], r["method"]) for r in added["runs"]}
+    runs = [r for r in earlier["runs"] if (r["task"], r["seed"], r["method"]) not in new] + added["runs"]
+    settings = dict(earlier["settings"])
+    for key in ("methods", "seeds", "tasks"):
+        settings[key] = list(dict.fromkeys([*earlier["settings"][key], *added["settings"][key]]))
+    return {**earlier, "settings": settings, "runs": runs, "order": earlier["order"] + added["order"],
+            "wall_s": round(earlier["wall_s"] + added["wall_s"], 1),
+            "added": [*earlier.get("added", []), {k: added[k] for k in ("command", "date", "machine_load", "wall_s",
+                                                                          "matmul_gflops_1_thread")}]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: capitals, seed 0, 20 s, 8 prompts")
@@ -334,6 +351,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, 1 thread each")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--from-json", default=None, help="re-render learning.md and the plots from this learning.json")
+    parser.add_argument("--add-to", default=None,
+                        help="extend this learning.json with the runs of --methods/--seeds it lacks or that failed in "
+                             "it, under its own settings, and re-render it")
     args = parser.parse_args()
     if args.from_json:
         path = Path(args.from_json)
@@ -361,6 +381,13 @@ def main() -> None:
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     out_dir = Path(args.output_dir or ("runs/learning_quick" if args.quick else HERE / "results" / "learning"))
     jobs = job_order(tasks, seeds, list(args.methods))
+    earlier = json.loads(Path(args.add_to).read_text()) if args.add_to else None
+    if earlier is not None:  # its settings; only the runs it lacks (or that failed in it)
+        fields = {f.name for f in dataclasses.fields(Settings)}
+        settings = Settings(**{k: v for k, v in earlier["settings"].items() if k in fields})
+        done = {(r["task"], r["seed"], r["method"]) for r in earlier["runs"] if "error" not in r}
+        jobs = [j for j in jobs if (j["task"], j["seed"], j["method"]) not in done]
+        out_dir = Path(args.output_dir) if args.output_dir else Path(args.add_to).parent
     before, gflops, started = machine_load(), matmul_gflops(), time.perf_counter()
     print(f"[learning] {len(jobs)} runs ({len(tasks)} task(s) x {len(seeds)} seed(s) x (base + {len(args.methods)} "
           f"methods)), {args.jobs} at once, 1 thread each; budget {settings.budget_s:.0f} training s; output {out_dir}", flush=True)
@@ -376,6 +403,8 @@ def main() -> None:
         "command": command_line(), "machine": machine_info(1), "machine_load": {"before": before, "after": machine_load()},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    if earlier is not None:
+        result = extended(earlier, result)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "learning.json").write_text(json.dumps(result, indent=1))
     render(result, out_dir)

@@ -153,14 +153,30 @@ def gold(task: Task) -> str:
 
 # ---- GRPO on a ReasoningGym ----
 def reasoning_data(tasks: list[Task]) -> tuple[Dataset, list[dict[str, str]]]:
-    """ReasoningGym's dataset (question = the last user turn) and the conversation template around it."""
+    """ReasoningGym's dataset (question = the last user turn) and the conversation template around it.
+
+    ReasoningGym hands its reward function one ``answer`` per question; here that is the row's columns as JSON
+    (code rows have ``tests`` and ``entry_point``, no ``answer``), which :func:`grpo_reward` reads back.
+    """
     prefix = tasks[0].messages[:-1]
     if any(t.messages[:-1] != prefix for t in tasks):
         raise ValueError("ReasoningGym takes one conversation template: prompts must share the turns before the question")
     escaped = [{**m, "content": str(m["content"]).replace("{", "{{").replace("}", "}}")} for m in prefix]
     template = [*escaped, {"role": "user", "content": "{question}"}]
-    answers = [a if isinstance(a, list) else [a] for a in (t.columns["answer"] for t in tasks)]  # one column type
-    return Dataset.from_dict({"question": [t.messages[-1]["content"] for t in tasks], "answer": answers}), template
+    columns = [json.dumps(t.columns) for t in tasks]
+    return Dataset.from_dict({"question": [t.messages[-1]["content"] for t in tasks], "answer": columns}), template
+
+
+def grpo_reward(reward_name: str) -> Any:
+    """ReasoningGym's ``reward_fn(completion, answer, question)`` scoring with the task's reward, through the same
+    :func:`agilerl_selfsft.rewards.score` as every other method (``answer``: the row's columns, as JSON)."""
+    rewards = resolve_reward(reward_name)
+
+    def reward_fn(completion: str, answer: str, question: str) -> float:
+        columns = {key: [value] for key, value in json.loads(answer).items()}
+        return score(rewards, [question], [completion], columns)[0]
+
+    return reward_fn
 
 
 class ChunkedReasoningGym(ReasoningGym):
@@ -295,11 +311,7 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
     elif method in SFT_METHODS:
         train_until_budget(sft_iteration)
     elif method in ("grpo_shipped", "grpo_fixed"):
-        rewards = resolve_reward(reward_name)
-
-        def reward_fn(completion: str, answer: list[str], question: str) -> float:
-            return score(rewards, [question], [completion], {"answer": [answer]})[0]  # the same reward code
-
+        reward_fn = grpo_reward(reward_name)
         torch.manual_seed(seed)
         model = load_model(MODEL, dtype=torch.float32)[0]
         grpo = GRPO(pad_token_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, actor_network=model,
