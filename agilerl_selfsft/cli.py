@@ -1,6 +1,8 @@
 """The ``agilerl-selfsft`` command: ``train`` a run from a YAML config, ``eval`` or ``export`` a checkpoint.
 
-Mistakes the user can fix end in one ``error:`` line and exit status 2, with nothing half-written.
+Mistakes the user can fix end in one ``error:`` line and exit status 2, with nothing half-written. Nothing
+heavy (torch, transformers, agilerl's algorithms) is imported before the arguments are parsed, so ``--help``
+and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -8,21 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from agilerl_selfsft import _compat  # noqa: F401  (before agilerl)
-from agilerl_selfsft.config import Config, load_config
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.version import __version__
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "capitals.yaml"
+DESCRIPTION = "Self-train a language model on its own best samples (AgileRL): train, eval or export."
 #: config keys a ``--resume`` may change: they do not change what the run computes
-RESUME_MAY_CHANGE = ("iterations", "threads", "device", "reward_timeout")
+RESUME_MAY_CHANGE = ("iterations", "threads", "device", "reward_timeout", "samples", "wandb", "tensorboard")
+#: config keys that name input files: a resume compares the files' contents (task_files.json), not their paths
+FILE_KEYS = ("task", "static_data")
 
 
-def build(config: Config):  # noqa: ANN201 -- (pop, env)
+def build(config: Any):  # noqa: ANN201 -- (pop, env)
     """Load the model and data of ``config`` and make the population and the environment."""
     import torch
     from peft import LoraConfig
@@ -38,12 +42,13 @@ def build(config: Config):  # noqa: ANN201 -- (pop, env)
     train, held_out = load_tasks(config.task.train, config.bad_rows), load_tasks(config.task.eval, config.bad_rows)
     static = config.static_data
     static_data = load_conversations(static.path, config.bad_rows) if static is not None else None
-    agent = import_function(config.agent, "agent") if config.agent is not None else None
+    folders = [config.folder] if config.folder is not None else []  # a reward module may sit next to the config
+    agent = import_function(config.agent, "agent", folders) if config.agent is not None else None
     reward = None if agent is not None else config.reward
     if reward is not None:
-        resolve_reward(reward)
+        resolve_reward(reward, folders=folders)
     if config.eval_reward is not None:
-        resolve_reward(config.eval_reward)
+        resolve_reward(config.eval_reward, folders=folders)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -125,62 +130,84 @@ def train(
 ) -> Path:
     """Run ``agilerl-selfsft train``; returns the run directory.
 
-    The folder is checked (read only) first; then its lock is taken
-    (:func:`~agilerl_selfsft.training.rundir.run_lock`: another trainer there is refused, naming its PID), the
-    checks are made again, and only then is anything in it written or deleted.
+    The run folder follows :func:`~agilerl_selfsft.training.rundir.run_folder`'s rules, as the Python entry
+    point does (checked read-only first, then under the folder's lock; a run that completes no iteration
+    leaves nothing behind); a resume must also have the run's config, but for :data:`RESUME_MAY_CHANGE`.
     """
-    from agilerl_selfsft.training.rundir import run_lock
+    from agilerl_selfsft.config import load_config
+    from agilerl_selfsft.training.rundir import check_run_folder, run_folder
 
     config = load_config(config_path)
-    out = Path(output) if output else Path("runs") / Path(config_path).stem
-    _check_output(config, out, resume, overwrite)  # a refused folder is left as it is, without a lock file
-    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the top new folder
-    with run_lock(out):
-        try:
-            return _train_locked(config, out, resume, overwrite)
-        except SelfSFTError:
-            if created is not None and not (out / "checkpoints" / "latest").exists():
-                shutil.rmtree(created, ignore_errors=True)  # a run that finished no iteration leaves nothing behind
-            raise
+    out = _run_dir(config_path, output)
+    check_run_folder(out, resume, overwrite)  # a refused folder is left as it is, without a lock file
+    if resume:
+        _check_same_run(config, out)
+    with run_folder(out, resume, overwrite):
+        if resume:
+            _check_same_run(config, out)  # it may have changed before the lock was ours
+        return _train_locked(config, out, resume)
 
 
-def _check_output(config: Config, out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an output folder that holds a run without ``--resume`` / ``--overwrite``, a run to resume whose
-    config differs, or (with ``--overwrite``) a folder that is not wholly a run of ours."""
-    from agilerl_selfsft.training.rundir import check_ours, holds_run
+def _run_dir(config_path: str | Path, output: str | Path | None) -> Path:
+    """The run directory: ``output``, defaulting to ``runs/<config name>``."""
+    return Path(output) if output else Path("runs") / Path(config_path).stem
 
-    if not holds_run(out):
+
+def _check_same_run(config: Any, out: Path) -> None:
+    """Refuse to resume ``out`` with a config that computes another run: a key other than
+    :data:`RESUME_MAY_CHANGE` differs, or an input file's content (not its path) does."""
+    from agilerl_selfsft.config import Config
+
+    if not (out / "config.json").exists():
         return
-    if not (resume or overwrite):
-        raise SelfSFTError(
-            f"output dir {out} holds another run; pass --resume to continue it or --overwrite to replace it"
-        )
-    if overwrite:
-        check_ours(out)  # names what is not ours; nothing is deleted
-    if resume and (out / "config.json").exists():
-        # A resumed run may be extended (iterations), given other threads, another device or another reward
-        # timeout; anything else would mix runs.
-        saved = json.loads((out / "config.json").read_text())
-        # a key an older config.json lacks had its default then
-        defaults = {k: f.default for k, f in Config.model_fields.items() if not f.is_required()}
-        changed = sorted(k for k, v in config.model_dump(mode="json").items()
-                         if k not in RESUME_MAY_CHANGE and saved.get(k, defaults.get(k)) != v)
-        if changed:
-            raise SelfSFTError(f"cannot resume {out}: {', '.join(changed)} differ from the run's config.json")
+    saved = json.loads((out / "config.json").read_text())
+    # a key an older config.json lacks had its default then
+    defaults = {k: f.default for k, f in Config.model_fields.items() if not f.is_required()}
+    files = out / "task_files.json"  # older runs lack it: their paths are compared
+    by_content = FILE_KEYS if files.exists() else ()
+    changed = sorted(k for k, v in _without_paths(config.model_dump(mode="json"), by_content).items()
+                     if k not in RESUME_MAY_CHANGE
+                     and _without_paths(saved, by_content).get(k, defaults.get(k)) != v)
+    if by_content:
+        recorded, now = json.loads(files.read_text()), _task_files(config)
+        changed += sorted(f"{key} (content)" for key in {*recorded, *now} if recorded.get(key) != now.get(key))
+    if changed:
+        raise SelfSFTError(f"cannot resume {out}: {', '.join(changed)} differ from the run's config.json")
 
 
-def _train_locked(config: Config, out: Path, resume: bool, overwrite: bool) -> Path:
-    """``train`` inside the run directory's lock: the folder checked again, the run, the report."""
+def _without_paths(dump: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``dump`` with the file paths under ``keys`` left out (their contents are compared instead)."""
+    out = dict(dump)
+    if "task" in keys:
+        out.pop("task", None)
+    if "static_data" in keys and isinstance(out.get("static_data"), dict):
+        out["static_data"] = {k: v for k, v in out["static_data"].items() if k != "path"}
+    return out
+
+
+def _task_files(config: Any) -> dict[str, str]:
+    """The SHA-256 of each input file (or ``save_to_disk`` folder) of ``config``, by its key."""
+    from agilerl_selfsft.data.readers import content_sha256
+
+    files = {"task.train": config.task.train, "task.eval": config.task.eval}
+    if config.static_data is not None:
+        files["static_data.path"] = config.static_data.path
+    return {key: content_sha256(path) for key, path in files.items()}
+
+
+def _train_locked(config: Any, out: Path, resume: bool) -> Path:
+    """``train`` inside the run folder: the resolved config logged and saved, the run, the report."""
+    import yaml
+
     from agilerl_selfsft.training.loop import finetune_llm_selfsft
     from agilerl_selfsft.training.report import plot, table
-    from agilerl_selfsft.training.rundir import clear_run, holds_run
 
-    _check_output(config, out, resume, overwrite)  # it may have changed before the lock was ours
+    logging.getLogger("agilerl_selfsft").info(
+        "Config (resolved):\n%s", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip())
     pop, env = build(config)
     tournament, mutation = build_evolution(config)
-    if overwrite and holds_run(out):
-        clear_run(out)  # what the old run wrote, nothing else (it checks that again)
     (out / "config.json").write_text(config.model_dump_json(indent=2))
+    (out / "task_files.json").write_text(json.dumps(_task_files(config), indent=2))
     _, history = finetune_llm_selfsft(
         pop, env, init_hp=config.model_dump(), iterations=config.iterations,
         prompts_per_iteration=config.prompts_per_iteration, sft_epochs=config.sft_epochs,
@@ -188,29 +215,39 @@ def _train_locked(config: Config, out: Path, resume: bool, overwrite: bool) -> P
         keep_checkpoints=config.keep_checkpoints, seed=config.seed, resume=resume,
         stop_after_empty=config.stop_after_empty, tournament=tournament, mutation=mutation,
         evo_steps=config.evolution.evo_steps, eval_temperature=config.temperature,
-        restart_from_base=config.restart_from_base,
+        restart_from_base=config.restart_from_base, samples_per_iteration=config.samples.per_iteration,
+        log_examples=config.samples.log_examples, wb=config.wandb is not None,
+        wandb_config=config.wandb.model_dump(exclude_none=True) if config.wandb is not None else None,
+        tensorboard=config.tensorboard,
     )
     print("\n" + table(history))
     print(f"\nreward curve: {plot(history, out / 'reward_curve.png')}")
-    print(f"run directory: {out}  (metrics.jsonl, checkpoints/latest)")
+    print(f"run directory: {out}  (metrics.jsonl, samples/, checkpoints/latest)")
     return out
 
 
 def evaluate_checkpoint(checkpoint: str | Path, config_path: str | Path) -> dict[str, float]:
-    """Run ``agilerl-selfsft eval``: the held-out reward of a checkpoint."""
-    from agilerl_selfsft.training.evaluation import evaluate
-
+    """Run ``agilerl-selfsft eval``: the held-out metrics of a checkpoint, as the run's ``metrics.jsonl`` records
+    them for it (the same prompts, samples per prompt, temperature and seed)."""
+    from agilerl_selfsft.config import load_config
     from agilerl_selfsft.training.checkpoints import load_adapters, verify_checkpoint
+    from agilerl_selfsft.training.evaluation import evaluate
 
     verify_checkpoint(checkpoint)  # cheap checks first, before the model is loaded
     config = load_config(config_path)
     pop, env = build(config.model_copy(update={"population": 1}))
     load_adapters(pop[0], checkpoint)
-    return evaluate(pop[0], env, config.eval_samples, config.eval_greedy)
+    print(f"eval_reward: the mean reward of {config.eval_samples} sample(s) per held-out prompt "
+          f"({len(env.eval_tasks)} prompts) at temperature {config.temperature:g}, seed {config.seed}"
+          + ("; eval_reward_greedy: one greedy answer per prompt" if config.eval_greedy else "")
+          + " (what metrics.jsonl records for this checkpoint)", file=sys.stderr)
+    return evaluate(pop[0], env, config.eval_samples, config.eval_greedy, temperature=config.temperature,
+                    seed=config.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agilerl-selfsft", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="agilerl-selfsft", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="self-train a model from a YAML config")
     p_train.add_argument("--config", required=True, help=f"YAML config (the demo: {DEMO_CONFIG})")
@@ -254,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the run keeps its last complete iteration; continue it with --resume", file=sys.stderr)
+        kept = args.command == "train" and (_run_dir(args.config, args.output) / "checkpoints" / "latest").exists()
+        print("interrupted: " + ("the run keeps its last complete iteration; continue it with --resume" if kept
+                                 else "no iteration was complete, so nothing was kept"), file=sys.stderr)
         return 130
     return 0
 

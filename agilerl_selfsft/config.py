@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from agilerl_selfsft.env.curriculum import DifficultySettings
 from agilerl_selfsft.errors import SelfSFTError
@@ -153,6 +162,27 @@ class EvolutionSettings(_Strict):
         return self
 
 
+class SamplesSettings(_Strict):
+    """What each iteration's samples leave behind (:mod:`agilerl_selfsft.training.sample_log`)."""
+
+    per_iteration: int | None = Field(
+        512, ge=0, description="rows of RUN/samples/iteration_NNNN.jsonl (kept ones first; null: all, 0: none)"
+    )
+    log_examples: int = Field(1, ge=0, description="the best and the worst samples logged per iteration, this many each")
+
+
+class WandbSettings(BaseModel):
+    """``wandb.init`` arguments; the section turns Weights & Biases on. Other keys go to ``wandb.init`` as they are."""
+
+    model_config = ConfigDict(extra="allow")
+    project: str = "agilerl-selfsft"
+    name: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+
+
 #: ``preset:`` values, put under the config's own: a key the config sets wins, and a section the preset sets
 #: (``sampling``, ``selection``, …) merges key by key with the config's. ``efficient``: the learning benchmark's
 #: best arm so far, the best passing sample per prompt, the shorter of equal ones (README, "Spend generation where
@@ -210,9 +240,23 @@ class Config(_Strict):
     long_prompts: Literal["skip", "stop"] = "skip"
     static_data: StaticDataSettings | None = None
     bad_rows: Literal["stop", "skip"] = Field("stop", description="a malformed or unusable data row: stop, or skip it")
+    samples: SamplesSettings = SamplesSettings()
+    wandb: WandbSettings | None = Field(None, description="log to Weights & Biases (wandb.init arguments)")
+    tensorboard: bool = Field(False, description="also write the metrics to RUN/tensorboard")
     seed: int = 42
     threads: int | None = Field(None, ge=1)
     device: str = Field("auto", description="auto (CUDA when there is a GPU, else the CPU), cpu, cuda or cuda:N")
+    _folder: Path | None = PrivateAttr(None)  # the config file's folder: 'module:function' modules are found there
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder of the YAML file this config was read from (None: built in Python)."""
+        return self._folder
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _wandb_switch(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value  # wandb: true = the defaults
 
     @field_validator("device")
     @classmethod
@@ -265,7 +309,9 @@ def load_config(path: str | Path) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise SelfSFTError(f"config {path}: {_describe(exc)}") from None
-    return config.resolve_paths(path.parent)
+    config = config.resolve_paths(path.parent)
+    config._folder = path.parent.resolve()
+    return config
 
 
 def _describe(exc: ValidationError) -> str:

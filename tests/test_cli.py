@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from agilerl_selfsft.cli import main
 from agilerl_selfsft.training.report import read_metrics
@@ -38,6 +40,12 @@ BAD_REWARDS = textwrap.dedent(
 
     def always_zero(prompts, completions, **kw):
         return [0.0] * len(completions)
+
+    def even_length(prompts, completions, **kw):
+        return [len(c) % 2 == 0 for c in completions]
+
+    def interrupts(prompts, completions, **kw):
+        raise KeyboardInterrupt
 
     def two_turn_agent(task, chat):
         reply = chat(list(task.messages))
@@ -103,9 +111,15 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
+def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys, caplog):
     config = write_config(workdir, tiny_model_dir, iterations=2, reward="badrewards:always_one")
-    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    with caplog.at_level(logging.INFO, logger="agilerl_selfsft"):
+        assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("agilerl_selfsft")]
+    assert messages[0].startswith("Config (resolved):\n")  # before the model loads
+    resolved = yaml.safe_load(messages[0].split("\n", 1)[1])
+    assert resolved["iterations"] == 2 and resolved["selection"]["threshold"] == 0.0  # the config's values
+    assert resolved["seed"] == 42 and "per_iteration" in resolved["samples"]  # and every default filled in
     rows = read_metrics(workdir / "run")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for row in rows:
@@ -125,7 +139,7 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys):
     ("overrides", "expected"),
     [
         ({"reward": "nope"}, "unknown reward 'nope'; built-ins are: exact_match, contains, first_number, format"),
-        ({"reward": "no_such_module_xyz:fn"}, "module 'no_such_module_xyz' does not import"),
+        ({"reward": "no_such_module_xyz:fn"}, "no module 'no_such_module_xyz' on the import path, in the config's folder"),
         ({"reward": "badrewards:missing"}, "badrewards has no function 'missing'"),
         ({"iterations": "many"}, "key 'iterations': Input should be a valid integer"),
         ({"lr": -1}, "key 'lr': Input should be greater than 0"),
@@ -325,7 +339,7 @@ def test_an_output_dir_with_another_run_is_refused_unless_resume_or_overwrite(wo
     config = write_config(workdir, tiny_model_dir)
     assert main(["train", "--config", str(config), "--output", "run"]) == 0
     code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
-    assert code == 2 and "holds another run; pass --resume to continue it or --overwrite to replace it" in line
+    assert code == 2 and "holds another run; resume it (--resume, resume=True) or replace it (--overwrite" in line
     changed = write_config(workdir, tiny_model_dir, lr=0.5)
     code, line = run_cli(capsys, "train", "--config", str(changed), "--output", "run", "--resume")
     assert code == 2 and "cannot resume run: lr differ from the run's config.json" in line
@@ -421,8 +435,9 @@ def test_overwrite_deletes_only_a_run_of_ours_and_names_anything_else(workdir, t
     (other / "metrics.jsonl").write_text('{"accuracy": 0.9}\n')
     (other / "table.csv").write_text("a,b\n")
     code, line = run_cli(capsys, "train", "--config", str(config), "--output", "results", "--overwrite")
-    assert (code, line) == (2, f"error: --overwrite deletes only a run of agilerl-selfsft train, and {Path('results')} "
-                               "has no run config.json; delete the folder yourself or choose another --output")
+    assert (code, line) == (2, f"error: overwrite deletes only a run of agilerl-selfsft, and {Path('results')} holds no "
+                               "run (or a config.json that is not a run's); delete the folder yourself or choose another "
+                               "output")
     assert sorted(p.name for p in other.iterdir()) == ["metrics.jsonl", "table.csv"]
 
 
@@ -452,3 +467,87 @@ def test_a_second_trainer_on_the_same_output_is_refused_naming_the_first(workdir
     assert (workdir / "run" / ".selfsft.lock").read_text().strip() == str(first.pid)
     assert main(["train", "--config", str(config), "--output", "run", "--resume"]) == 0
     assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1]
+
+
+def test_eval_prints_what_metrics_jsonl_recorded_for_each_checkpoint(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir, iterations=2, reward="badrewards:even_length", eval_samples=3,
+                          temperature=1.0, selection={"threshold": 1.0, "keep_truncated": True})
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    rows = read_metrics(workdir / "run")
+    for iteration in (1, 2):
+        capsys.readouterr()
+        checkpoint = workdir / "run" / "checkpoints" / f"iteration_{iteration:04d}"
+        assert main(["eval", "--checkpoint", str(checkpoint), "--config", str(config)]) == 0
+        out = capsys.readouterr()
+        result = json.loads(out.out)
+        for key in ("eval_reward", "eval_reward_greedy", "eval_pass@3", "eval_pass@1", "eval_tokens"):
+            assert result[key] == rows[iteration][key], (iteration, key)
+        assert ("eval_reward: the mean reward of 3 sample(s) per held-out prompt (1 prompts) at temperature 1, seed 42;"
+                " eval_reward_greedy: one greedy answer per prompt (what metrics.jsonl records") in out.err
+
+
+def test_a_copied_config_resumes_when_its_task_files_hold_the_same_data(workdir, tiny_model_dir, capsys):
+    import shutil
+
+    config = write_config(workdir, tiny_model_dir)
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    assert set(json.loads((workdir / "run" / "task_files.json").read_text())) == {"task.train", "task.eval"}
+    copy = workdir / "copy"
+    copy.mkdir()
+    for name in ("train.jsonl", "eval.jsonl"):
+        shutil.copy(workdir / name, copy / name)
+    text = json.loads(config.read_text())
+    (copy / "config.yaml").write_text(json.dumps({**text, "iterations": 2}))  # its paths now resolve in copy/
+    assert main(["train", "--config", str(copy / "config.yaml"), "--output", "run", "--resume"]) == 0
+    assert [r["iteration"] for r in read_metrics(workdir / "run")] == [0, 1, 2]
+    (copy / "train.jsonl").write_text((copy / "train.jsonl").read_text().replace("Lima", "Cusco"))
+    (copy / "config.yaml").write_text(json.dumps({**text, "iterations": 3, "lr": 0.5}))
+    code, line = run_cli(capsys, "train", "--config", str(copy / "config.yaml"), "--output", "run", "--resume")
+    assert (code, line) == (2, "error: cannot resume run: lr, task.train (content) differ from the run's config.json")
+
+
+def test_resume_of_a_folder_that_does_not_exist_is_refused(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir)
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "runn", "--resume")
+    assert (code, line) == (2, f"error: cannot resume {Path('runn')}: it does not exist; check the path, or start a "
+                               "new run there without resume")
+    assert not (workdir / "runn").exists()
+
+
+def test_ctrl_c_before_the_first_iteration_leaves_nothing_and_a_rerun_starts(workdir, tiny_model_dir, capsys):
+    config = write_config(workdir, tiny_model_dir, reward="badrewards:interrupts")
+    code, line = run_cli(capsys, "train", "--config", str(config), "--output", "run")
+    assert (code, line) == (130, "interrupted: no iteration was complete, so nothing was kept")
+    assert not (workdir / "run").exists()
+    assert main(["train", "--config", str(write_config(workdir, tiny_model_dir)), "--output", "run"]) == 0
+
+
+def test_a_reward_module_next_to_the_config_needs_no_pythonpath(workdir, tiny_model_dir, tmp_path, monkeypatch):
+    folder = workdir / "task"
+    folder.mkdir()
+    (folder / "my_task_reward.py").write_text("def first_word(prompts, completions, **kw):\n"
+                                              "    return [float(bool(c.split())) for c in completions]\n")
+    for name in ("train.jsonl", "eval.jsonl"):
+        (folder / name).write_text((workdir / name).read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    config = folder / "config.yaml"
+    text = json.loads(write_config(workdir, tiny_model_dir, iterations=0).read_text())
+    config.write_text(json.dumps({**text, "reward": "my_task_reward:first_word"}))
+    assert main(["train", "--config", str(config), "--output", "run"]) == 0
+    assert read_metrics(elsewhere / "run")[0]["eval_reward"] is not None
+
+
+def test_help_and_version_import_nothing_heavy():
+    probe = ("import sys\nfrom agilerl_selfsft.cli import main\n"
+             "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'agilerl.algorithms', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"agilerl-selfsft {__import__('agilerl_selfsft').__version__}", "[]"]
+    helped = subprocess.run([sys.executable, "-m", "agilerl_selfsft.cli", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "Self-train a language model on its own best samples" in helped.stdout
+    assert "``" not in helped.stdout  # plain text, no reST markup

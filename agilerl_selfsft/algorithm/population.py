@@ -120,3 +120,30 @@ class SharedBasePopulation:
 def _is_base_weight(name: str) -> bool:
     """Whether a PEFT model's parameter belongs to the frozen base (not to a LoRA adapter or a trained copy)."""
     return "lora_" not in name and "modules_to_save" not in name
+
+
+def check_population(pop: list[Any], tournament: Any, mutation: Any) -> None:
+    """Reject, before any work, a population or evolution setup that AgileRL would fail on later."""
+    if not pop:
+        raise SelfSFTError("the population is empty: pass at least one SelfSFT agent")
+    if len({a.index for a in pop}) != len(pop):
+        raise SelfSFTError(f"agents must have distinct indices, got {[a.index for a in pop]}")
+    if (tournament is None) != (mutation is None):
+        raise SelfSFTError("evolution needs both tournament and mutation (or neither)")
+    if tournament is None:
+        return
+    if not tournament.elitism:
+        raise SelfSFTError("TournamentSelection(elitism=False) is not supported for LLM populations: use elitism=True")
+    if tournament.population_size != len(pop):
+        raise SelfSFTError(f"TournamentSelection has population_size={tournament.population_size} but the population "
+                           f"has {len(pop)} agents")
+    probabilities = {"architecture": mutation.architecture_mut, "parameters": mutation.parameters_mut,
+                     "activation": mutation.activation_mut}
+    bad = {name: p for name, p in probabilities.items() if p}
+    if bad:
+        settings = ", ".join(f"{k}=0 (got {v})" for k, v in bad.items())
+        raise SelfSFTError(f"LLM agents only take rl_hp mutations: set {settings} in Mutations")
+    if mutation.rl_hp_mut and not any(a.registry.hp_config for a in pop):
+        raise SelfSFTError(
+            "Mutations(rl_hp>0) needs an hp_config on the agents naming what to mutate (e.g. lr, sampling_temperature)"
+        )

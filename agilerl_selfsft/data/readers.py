@@ -22,6 +22,7 @@ is decided after reading, by the caller's ``convert``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -340,3 +341,19 @@ def _dataset_rows(data: Any, name: str) -> list[tuple[str, Any]]:
         raise SelfSFTError("expected a file path, a saved dataset folder, a datasets.Dataset or a list of rows, "
                            f"got {type(data).__name__}{splits}")
     return [(f"{name} row {i}", raw) for i, raw in enumerate(data.to_list())]
+
+
+def content_sha256(path: str | Path) -> str:
+    """The SHA-256 of a source's content: a file's bytes, or a folder's files (``save_to_disk``) by relative
+    path and bytes; so a moved or copied source is recognised as the same data ("missing" when it is gone)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        digest.update(path.read_bytes())
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    else:
+        return "missing"
+    return digest.hexdigest()
+

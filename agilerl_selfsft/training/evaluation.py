@@ -8,7 +8,9 @@ from math import comb
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from agilerl_selfsft.distributed import DataParallel
 from agilerl_selfsft.generation.collect import sample_scored
 from agilerl_selfsft.rewards.registry import answer_extractor
 from agilerl_selfsft.samples import Scored
@@ -19,12 +21,15 @@ if TYPE_CHECKING:
 
 
 def evaluate(
-    agent: SelfSFT, env: SelfSFTGym, num_samples: int = 4, greedy: bool = True, temperature: float | None = None
+    agent: SelfSFT, env: SelfSFTGym, num_samples: int = 4, greedy: bool = True, temperature: float | None = None,
+    seed: int | None = None,
 ) -> dict[str, float]:
     """Score the agent on the environment's held-out prompts.
 
     With several processes (an accelerator on the agent) each one evaluates its share of the prompts and
-    every process returns the result over all of them.
+    every process returns the result over all of them. With a ``seed`` the samples are drawn from torch's
+    generator seeded with it, and the generator's state outside is left as it was: the same adapters give the
+    same numbers wherever they are evaluated (the loop and ``agilerl-selfsft eval`` both pass the run's seed).
 
     :param agent: the policy
     :param env: holds the held-out prompts and the reward
@@ -32,6 +37,7 @@ def evaluate(
     :param greedy: also score one greedy completion per prompt, defaults to True
     :param temperature: sampling temperature, >= 0 (0 = greedy), defaults to None (the agent's
         ``sampling_temperature``)
+    :param seed: seed of the samples (each process adds its rank), defaults to None (torch's current state)
     :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward),
         ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
         sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``; with an agent that
@@ -39,18 +45,23 @@ def evaluate(
         ``eval_<key>`` for each metric the reward functions reported on the sampled completions;
         ``eval_pass@1`` and ``eval_pass@<k>`` (k = ``num_samples``; :func:`pass_at_k`, a sample passing at or
         above the selection threshold), ``eval_maj@<k>`` where the eval reward says how answers are extracted
-        (:func:`maj_at_k`), and ``eval_completion_tokens`` (mean tokens of a sampled completion)
+        (:func:`maj_at_k`), and ``eval_completion_tokens`` (mean tokens of a sampled completion). Completions
+        the reward did not score (``None``) are left out of every mean (``eval_unscored`` counts them).
     """
+    if seed is not None:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(DataParallel(getattr(agent, "accelerator", None)).rank_seed(seed))
+            return evaluate(agent, env, num_samples, greedy, temperature)
     with env.eval_mode():  # the held-out prompts, scored by the eval reward
         tasks = env.prompts
         scored, sampled = sample_scored(agent, env, tasks, num_samples, temperature=temperature)  # sharded
         reported = dict(getattr(env, "reward_metrics", {}))
         if greedy:
             scored_greedy, decoded = sample_scored(agent, env, tasks, greedy=True)
-    rewards = np.array([s.reward for s in scored])
     solved = {s.prompt_id for s in scored if s.reward >= env.threshold}
     result = {
-        "eval_reward": float(rewards.mean()),
+        "eval_reward": mean_reward(scored),
         "eval_reward_greedy": float("nan"),
         "eval_solved": len(solved) / len(tasks),
         "eval_tokens": float(sampled.num_tokens),
@@ -66,11 +77,16 @@ def evaluate(
     result.update({f"eval_{key}": value for key, value in info_means(scored).items()})
     result.update({f"eval_{key}": value for key, value in reported.items()})  # the reward functions' own counts
     if greedy:
-        result["eval_reward_greedy"] = float(np.mean([s.reward for s in scored_greedy]))
+        result["eval_reward_greedy"] = mean_reward(scored_greedy)
         result.update({f"eval_{key}_greedy": value for key, value in info_means(scored_greedy).items()})
         result["eval_tokens"] += decoded.num_tokens
         result["eval_seconds"] += decoded.seconds
     return result
+
+
+def mean_reward(scored: list[Scored]) -> float:
+    """The mean reward of ``scored`` (NaN when there is none: every completion was left unscored)."""
+    return float(np.mean([s.reward for s in scored])) if scored else float("nan")
 
 
 def info_means(scored: list[Scored]) -> dict[str, float]:
@@ -98,8 +114,11 @@ def _by_prompt(scored: list[Scored]) -> dict[int, list[Scored]]:
 
 
 def mean_pass_at_k(scored: list[Scored], threshold: float, k: int) -> float:
-    """:func:`pass_at_k` averaged over the prompts of ``scored`` (a sample passes at reward >= ``threshold``)."""
-    groups = _by_prompt(scored).values()
+    """:func:`pass_at_k` averaged over the prompts of ``scored`` (a sample passes at reward >= ``threshold``) that
+    have at least ``k`` scored samples (NaN when none has)."""
+    groups = [g for g in _by_prompt(scored).values() if len(g) >= k]
+    if not groups:
+        return float("nan")
     return float(np.mean([pass_at_k(len(g), sum(s.reward >= threshold for s in g), k) for g in groups]))
 
 
@@ -116,4 +135,4 @@ def maj_at_k(scored: list[Scored], threshold: float, answer_of: Callable[[str], 
             continue
         top = votes.most_common(1)[0][0]
         right.append(float(group[answers.index(top)].reward >= threshold))
-    return float(np.mean(right))
+    return float(np.mean(right)) if right else float("nan")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agilerl_selfsft.algorithm.population import check_population
 from agilerl_selfsft.algorithm.restart import check_restartable
 from agilerl_selfsft.algorithm.restart import restart_from_base as restart
 from agilerl_selfsft.algorithm.selfsft import SelfSFT
@@ -32,20 +33,24 @@ from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.env.curriculum import sample_iteration
 from agilerl_selfsft.samples import Generations, Scored, Task
 from agilerl_selfsft.training.checkpoints import latest_checkpoint, restore, save_iteration, write_state
-from agilerl_selfsft.training.evaluation import evaluate, info_means
+from agilerl_selfsft.training.evaluation import evaluate, info_means, mean_reward
 from agilerl_selfsft.training.faults import crash_point
-from agilerl_selfsft.training.report import RunLog, open_wandb, read_metrics
-from agilerl_selfsft.training.rundir import run_lock
+from agilerl_selfsft.training.report import RunLog, open_wandb, read_metrics, visible_logs
+from agilerl_selfsft.training.rundir import run_folder
+from agilerl_selfsft.training.sample_log import DEFAULT_PER_ITERATION, log_best_and_worst, sample_rows
 
 log = logging.getLogger("agilerl_selfsft")
 EMPTY_HINT = "lower selection.threshold, raise num_generations or temperature, or check the reward"
 
 
 def _one_trainer_per_run_dir(loop: Callable[..., Any]) -> Callable[..., Any]:
-    """Hold the run directory's lock (:func:`~agilerl_selfsft.training.rundir.run_lock`) while ``loop`` runs.
+    """Run ``loop`` in its run folder (:func:`~agilerl_selfsft.training.rundir.run_folder`: the folder's lock and
+    rules, the command line's too) with its log lines shown (:func:`~agilerl_selfsft.training.report.visible_logs`).
 
     A second trainer on the same ``checkpoint_path`` (or a resume while this run goes) is a
-    :class:`SelfSFTError` naming this process's PID. Only the main process of a launch takes the lock.
+    :class:`SelfSFTError` naming this process's PID; so is a folder holding another run without ``resume`` or
+    ``overwrite``, and a ``resume`` of a folder that does not exist. Only the main process of a launch takes the
+    lock and checks the folder.
     """
     signature = inspect.signature(loop)
 
@@ -55,7 +60,9 @@ def _one_trainer_per_run_dir(loop: Callable[..., Any]) -> Callable[..., Any]:
         run_dir, pop = call.arguments.get("checkpoint_path"), call.arguments["pop"]
         accelerator = call.arguments.get("accelerator") or (getattr(pop[0], "accelerator", None) if pop else None)
         main = DataParallel(accelerator).is_main
-        with run_lock(run_dir) if run_dir is not None and main else nullcontext():
+        resume, overwrite = call.arguments.get("resume", False), call.arguments.get("overwrite", False)
+        folder = run_folder(run_dir, resume, overwrite) if run_dir is not None and main else nullcontext()
+        with folder, visible_logs(call.arguments.get("verbose", True) and main):
             return loop(*args, **kwargs)
 
     return locked
@@ -87,6 +94,11 @@ def finetune_llm_selfsft(
     accelerator: Any | None = None,
     on_scored: Callable[[int, SelfSFT, list[Scored]], None] | None = None,
     restart_from_base: bool = False,
+    overwrite: bool = False,
+    samples_per_iteration: int | None = DEFAULT_PER_ITERATION,
+    log_examples: int = 1,
+    wandb_config: dict[str, Any] | None = None,
+    tensorboard: bool = False,
 ) -> tuple[list[SelfSFT], list[dict[str, Any]]]:
     """Self-train a population of :class:`SelfSFT` agents on their own best samples.
 
@@ -123,14 +135,21 @@ def finetune_llm_selfsft(
     :param tournament: AgileRL ``TournamentSelection``, defaults to None (no evolution)
     :param mutation: AgileRL ``Mutations``, defaults to None
     :param save_elite: checkpoint the best agent every iteration (needs ``checkpoint_path``), defaults to True
-    :param checkpoint_path: the run directory: ``metrics.jsonl`` and ``checkpoints/`` go there, held under an
-        exclusive lock while the run goes (:func:`~agilerl_selfsft.training.rundir.run_lock`: another trainer
-        there is a :class:`SelfSFTError` naming its PID), defaults to None (nothing written)
+    :param checkpoint_path: the run directory: ``metrics.jsonl``, ``samples/`` and ``checkpoints/`` go there, by
+        the rules of :func:`~agilerl_selfsft.training.rundir.run_folder` (an exclusive lock while the run goes;
+        a folder holding another run is refused unless ``resume`` or ``overwrite``; a run that completes no
+        iteration leaves nothing behind), defaults to None (nothing written)
     :param keep_checkpoints: iterations whose checkpoints are kept, defaults to 3
-    :param wb: log to Weights & Biases, defaults to False
+    :param wb: log to Weights & Biases (the metrics under namespaced keys, and a table of each iteration's
+        samples), defaults to False
     :param wandb_api_key: key for ``wandb.login``, defaults to None
+    :param wandb_config: ``wandb.init`` arguments (``project``, ``name``, ``entity``, ``tags``, ``mode``…),
+        defaults to None (project ``agilerl-selfsft``)
+    :param tensorboard: also write the metrics as TensorBoard scalars to ``checkpoint_path/tensorboard``
+        (needs the ``tensorboard`` package), defaults to False
     :param seed: seeds generation each iteration (``seed + iteration``), defaults to 42
-    :param verbose: stage logs and progress bars, defaults to True
+    :param verbose: stage logs (on stderr unless logging is configured:
+        :func:`~agilerl_selfsft.training.report.visible_logs`) and progress bars (on a terminal), defaults to True
     :param stop_after_empty: stop with a :class:`SelfSFTError` when no sample passes the selection for
         this many iterations in a row (finished iterations stay checkpointed), defaults to None (keep going)
     :param eval_temperature: temperature of the held-out samples (the fitness), defaults to None (the first
@@ -147,9 +166,13 @@ def finetune_llm_selfsft(
     :param restart_from_base: ReST-EM: every iteration trains fresh actor adapters from the base
         (:func:`~agilerl_selfsft.algorithm.restart.restart_from_base`) on every sample selected so far (the
         environment is set to ``accumulate``), instead of continuing from the last iteration's, defaults to False
+    :param overwrite: replace the run in ``checkpoint_path`` (only what a run wrote is deleted), defaults to False
+    :param samples_per_iteration: rows of ``checkpoint_path/samples/iteration_NNNN.jsonl``, every sample with its
+        reward terms and flags (:mod:`~agilerl_selfsft.training.sample_log`), defaults to 512; None: all, 0: none
+    :param log_examples: the best and the worst samples of each iteration logged, this many of each, defaults to 1
     :return: the final population and one metrics dict per iteration (as written to ``metrics.jsonl``)
     """
-    _check_population(pop, tournament, mutation)
+    check_population(pop, tournament, mutation)
     eval_temperature = pop[0].sampling_temperature if eval_temperature is None else eval_temperature
     dp = check_launch(pop, accelerator if accelerator is not None else pop[0].accelerator)
     verbose = verbose and dp.is_main
@@ -161,12 +184,14 @@ def finetune_llm_selfsft(
             check_restartable(agent)  # before any work
         env.accumulate = True  # before any replay memory exists (a resume restores them into accumulating ones)
     done, history = _resume(run_dir, env, pop, mutation, verbose) if resume else (-1, [])
-    metrics = RunLog(run_dir, history, dp, open_wandb(wandb_api_key, init_hp) if wb and dp.is_main else None)
-    evaluate_on = dict(num_samples=eval_samples, greedy=eval_greedy, temperature=eval_temperature)
+    wandb_run = open_wandb(wandb_api_key, init_hp, wandb_config) if wb and dp.is_main else None
+    metrics = RunLog(run_dir, history, dp, wandb_run, tensorboard=tensorboard)
+    evaluate_on = dict(num_samples=eval_samples, greedy=eval_greedy, temperature=eval_temperature, seed=seed)
+    progress = tqdm(total=iterations, initial=max(done, 0), desc="SelfSFT", unit="iteration",
+                    disable=None if verbose else True)  # None: shown on a terminal only
 
     if done < 0:  # iteration 0: the starting policy
         tag = f"[SelfSFT 0/{iterations}]"
-        torch.manual_seed(dp.rank_seed(seed))
         base = _evaluate(pop[0], env, evaluate_on, f"{tag} [Stage 5]", "the base policy ", verbose)
         for agent in pop:
             agent.metrics.add_fitness(base["eval_reward"])
@@ -177,14 +202,17 @@ def finetune_llm_selfsft(
     for iteration in range(max(done, 0) + 1, iterations + 1):
         tag = f"[SelfSFT {iteration}/{iterations}]"
         tasks = env.sample_prompts(prompts_per_iteration)  # every agent answers the same prompts
-        members = []
+        members, samples = [], []
         for agent in pop:
             torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
             who = tag + (f" [agent {agent.index}]" if len(pop) > 1 else "")
             scored, generations, counted = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
             if on_scored is not None and dp.is_main:
                 on_scored(iteration, agent, scored)
+            if verbose:
+                log_best_and_worst(who, scored, log_examples)
             stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
+            samples += sample_rows(iteration, agent.index, scored, env.buffer) if dp.is_main else []
             learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose, restart_from_base)  # 4.
             evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
             agent.metrics.add_fitness(evaluation["eval_reward"])
@@ -193,10 +221,11 @@ def finetune_llm_selfsft(
         if empty_streak > 1:
             log.warning("%s Nothing passed the selection for %d iterations in a row: %s.",
                         tag, empty_streak, EMPTY_HINT)
-        best = int(np.argmax([m["eval_reward"] for m in members]))
+        best = int(np.argmax([-math.inf if m["eval_reward"] is None else m["eval_reward"] for m in members]))
         row = {"iteration": iteration, **{k: v for k, v in members[best].items() if k not in _hp(pop[best])},
                "population": members}
         elite = pop[best]
+        metrics.record_samples(iteration, samples, samples_per_iteration, seed)  # samples/iteration_NNNN.jsonl
         metrics.record(row)  # before the checkpoint: a resume drops rows newer than its checkpoint, never misses one
         if tournament is not None and mutation is not None and iteration % evo_steps == 0 and iteration < iterations:
             elite, pop = _evolve(pop, env, tournament, mutation, tag, verbose)  # 6. (before the checkpoint)
@@ -204,9 +233,11 @@ def finetune_llm_selfsft(
             path = save_iteration(elite, run_dir, iteration, keep_checkpoints, info={"eval_reward": row["eval_reward"]},
                                   extra=lambda folder: write_state(folder, iteration, env, pop, mutation))
             _info(verbose, "%s [Stage 7] Checkpoint saved: %s", tag, path)
+        progress.update()
         if stop_after_empty is not None and empty_streak >= stop_after_empty:  # after this iteration is kept
             raise SelfSFTError(f"nothing passed the selection for {empty_streak} iterations in a row "
                                f"(iterations {iteration - empty_streak + 1}-{iteration}); {EMPTY_HINT}")
+    progress.close()
     metrics.close()
     return pop, metrics.history
 
@@ -257,7 +288,7 @@ def _select(
     static_fraction = env.static_fraction_at(iteration)
     stats = env.refill(scored, agent.index, agent.selection_threshold, agent.selection_top_fraction, static_fraction)
     _info(verbose, "%s [Stage 3] Train reward %.4f. Keeping %d example(s) after reward-based filtering "
-          "(%d prompts solved, %d replayed).", who, float(np.mean([s.reward for s in scored])), stats["kept"],
+          "(%d prompts solved, %d replayed).", who, mean_reward(scored), stats["kept"],
           stats["prompts_solved"], stats["replayed"])
     if env.static_data:
         _info(verbose, "%s [Stage 3] Mixing in %d static conversation(s) (share %.2f).", who, stats["static"],
@@ -284,7 +315,7 @@ def _learn(
     _info(verbose, "%s [Stage 4] Training on %d example(s): %d epoch(s), %d step(s) of batch %d.",
           who, stats["buffer"], sft_epochs, steps, rows)
     losses, kls = [], []
-    for _ in tqdm(range(steps), desc=f"{who} learn", leave=False, disable=not verbose):
+    for _ in tqdm(range(steps), desc=f"{who} learn", leave=False, disable=None if verbose else True):
         out = agent.learn(batch)
         crash_point("learn", iteration)
         losses.append(out["loss"])
@@ -325,14 +356,14 @@ def _member_row(
     learned: dict[str, Any], evaluation: dict[str, float],
 ) -> dict[str, Any]:
     """One agent's part of the iteration's metrics row."""
-    return {
-        **_hp(agent), **_clean(evaluation), "train_reward": float(np.mean([s.reward for s in scored])),
+    return _clean({
+        **_hp(agent), **evaluation, "train_reward": mean_reward(scored),
         **{f"train_{key}": value for key, value in info_means(scored).items()}, **stats,
         "loss": learned["loss"], "kl": learned["kl"], "learn_steps": learned["steps"],
         "learned_static": learned["static"], "learned_self": learned["self"],
         "gen_tokens": generations.num_tokens, "gen_seconds": round(generations.seconds, 2),
         "gen_tokens_per_kept": generations.num_tokens / stats["kept"] if stats["kept"] else None,
-    }
+    })
 
 
 def _hp(agent: SelfSFT) -> dict[str, Any]:
@@ -342,33 +373,6 @@ def _hp(agent: SelfSFT) -> dict[str, Any]:
         "kl_coef": agent.kl_coef, "batch_size": agent.batch_size,
         "selection_threshold": agent.selection_threshold, "selection_top_fraction": agent.selection_top_fraction,
     }
-
-
-def _check_population(pop: list[SelfSFT], tournament: Any, mutation: Any) -> None:
-    """Reject, before any work, a population or evolution setup that AgileRL would fail on later."""
-    if not pop:
-        raise SelfSFTError("the population is empty: pass at least one SelfSFT agent")
-    if len({a.index for a in pop}) != len(pop):
-        raise SelfSFTError(f"agents must have distinct indices, got {[a.index for a in pop]}")
-    if (tournament is None) != (mutation is None):
-        raise SelfSFTError("evolution needs both tournament and mutation (or neither)")
-    if tournament is None:
-        return
-    if not tournament.elitism:
-        raise SelfSFTError("TournamentSelection(elitism=False) is not supported for LLM populations: use elitism=True")
-    if tournament.population_size != len(pop):
-        raise SelfSFTError(f"TournamentSelection has population_size={tournament.population_size} but the population "
-                           f"has {len(pop)} agents")
-    probabilities = {"architecture": mutation.architecture_mut, "parameters": mutation.parameters_mut,
-                     "activation": mutation.activation_mut}
-    bad = {name: p for name, p in probabilities.items() if p}
-    if bad:
-        settings = ", ".join(f"{k}=0 (got {v})" for k, v in bad.items())
-        raise SelfSFTError(f"LLM agents only take rl_hp mutations: set {settings} in Mutations")
-    if mutation.rl_hp_mut and not any(a.registry.hp_config for a in pop):
-        raise SelfSFTError(
-            "Mutations(rl_hp>0) needs an hp_config on the agents naming what to mutate (e.g. lr, sampling_temperature)"
-        )
 
 
 def _clean(d: dict[str, float]) -> dict[str, Any]:

@@ -1,21 +1,30 @@
-"""A run's metrics: written while it runs (``metrics.jsonl``, Weights & Biases) and shown when it is done.
+"""A run's metrics: written while it runs (``metrics.jsonl``, Weights & Biases, TensorBoard) and shown when it is done.
 
 :class:`RunLog` appends one row per iteration to ``RUN/metrics.jsonl`` (the main process only) and, when asked,
-to a wandb run under namespaced keys (``reward/eval``, ``loss/sft``, ``data/kept``…); :func:`read_metrics`
-reads the file back, :func:`table` and :func:`plot` show it.
+to a wandb run and to TensorBoard under namespaced keys (``reward/eval``, ``loss/sft``, ``data/kept``…), and the
+iteration's samples to ``RUN/samples/`` (:mod:`~agilerl_selfsft.training.sample_log`) and a wandb table;
+:func:`read_metrics` reads the file back, :func:`table` and :func:`plot` show it; :func:`visible_logs` shows
+the stage log lines of a run started from Python.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tabulate import tabulate
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from agilerl_selfsft.distributed import DataParallel
+from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.training.sample_log import prune_samples, samples_table, write_samples
 
 # metrics.jsonl keys under their wandb names; any other number goes under misc/
 WANDB_NAMES = {
@@ -35,6 +44,9 @@ class RunLog:
     :param history: the rows of the iterations already done (a resumed run's), defaults to None
     :param dp: the launch's processes; only the main one writes, all keep the main one's clock
     :param wandb_run: a ``wandb`` run to log to, defaults to None
+    :param tensorboard: also write every number as a TensorBoard scalar to ``run_dir/tensorboard`` (with
+        ``torch.utils.tensorboard``; it needs the ``tensorboard`` package and a ``run_dir``), defaults to False
+    :raises SelfSFTError: for ``tensorboard`` without the package or without a run directory
     """
 
     def __init__(
@@ -43,13 +55,17 @@ class RunLog:
         history: list[dict[str, Any]] | None = None,
         dp: DataParallel | None = None,
         wandb_run: Any | None = None,
+        tensorboard: bool = False,
     ) -> None:
         self.run_dir, self.history = run_dir, list(history or [])
-        self.dp, self.wandb_run = dp or DataParallel(), wandb_run
+        self.dp, self.wandb_run, self.tensorboard = dp or DataParallel(), wandb_run, None
+        if tensorboard:
+            self.tensorboard = _tensorboard_writer(run_dir) if self.dp.is_main else None
         if run_dir is not None:
             if self.dp.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 _write_lines(run_dir / "metrics.jsonl", self.history)
+                prune_samples(run_dir, self.history[-1]["iteration"] if self.history else -1)
             self.dp.barrier()  # every rank has read the old metrics before they are rewritten
         self.start = time.perf_counter() - (self.history[-1]["wall_seconds"] if self.history else 0.0)
 
@@ -60,23 +76,78 @@ class RunLog:
         if self.run_dir is not None and self.dp.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row, allow_nan=False, default=_jsonable) + "\n")
+        namespaced = {WANDB_NAMES.get(k, f"misc/{k}"): v for k, v in row.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.wandb_run is not None:
-            namespaced = {WANDB_NAMES.get(k, f"misc/{k}"): v for k, v in row.items() if isinstance(v, (int, float))}
             self.wandb_run.log(namespaced, step=row["iteration"])
+        if self.tensorboard is not None:
+            for key, value in namespaced.items():
+                self.tensorboard.add_scalar(key, value, row["iteration"])
+            self.tensorboard.flush()
+
+    def record_samples(
+        self, iteration: int, rows: list[dict[str, Any]], per_iteration: int | None = 512, seed: int = 0
+    ) -> None:
+        """Write an iteration's sample rows (:func:`~agilerl_selfsft.training.sample_log.write_samples`) and
+        log them as a wandb table (``samples/completions``); the main process only."""
+        if not self.dp.is_main:
+            return
+        if self.run_dir is not None:
+            write_samples(self.run_dir, iteration, rows, per_iteration, seed)
+        if self.wandb_run is not None and rows:
+            self.wandb_run.log({"samples/completions": samples_table(rows)}, step=iteration)
 
     def close(self) -> None:
-        """Finish the wandb run, if any."""
+        """Finish the wandb run and close the TensorBoard writer, if any."""
         if self.wandb_run is not None:
             self.wandb_run.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
-def open_wandb(api_key: str | None = None, config: dict | None = None) -> Any:
-    """A wandb run of project ``agilerl-selfsft`` (wandb is imported only here: it is optional)."""
+def open_wandb(api_key: str | None = None, config: dict | None = None, settings: dict | None = None) -> Any:
+    """A wandb run (wandb is imported only here: it is optional).
+
+    :param settings: ``wandb.init`` arguments (``project``, ``name``, ``entity``, ``tags``, ``mode``…), defaults
+        to None (project ``agilerl-selfsft``)
+    """
     import wandb
 
     if api_key:
         wandb.login(key=api_key)
-    return wandb.init(project="agilerl-selfsft", config=config or {})
+    return wandb.init(**{"project": "agilerl-selfsft", **(settings or {})}, config=config or {})
+
+
+def _tensorboard_writer(run_dir: Path | None) -> Any:
+    if run_dir is None:
+        raise SelfSFTError("tensorboard: true needs a run directory (checkpoint_path) to write to")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SelfSFTError("tensorboard: true needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+@contextmanager
+def visible_logs(verbose: bool = True) -> Iterator[None]:
+    """While the block runs, show the ``agilerl_selfsft`` logger's INFO lines on stderr when nothing else would
+    (neither it nor the root logger has a handler: a script that did not configure logging), and print log
+    lines above tqdm's progress bars instead of through them. Only our own logger is changed, and only for the
+    block; with ``verbose`` off nothing is.
+    """
+    ours = logging.getLogger("agilerl_selfsft")
+    with ExitStack() as stack:
+        if verbose and not ours.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            level = ours.level
+            ours.addHandler(handler)
+            ours.setLevel(logging.INFO if level == logging.NOTSET or level > logging.INFO else level)
+            stack.callback(ours.setLevel, level)
+            stack.callback(ours.removeHandler, handler)
+        if verbose:
+            stack.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger(), ours]))
+        yield
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -52,3 +52,39 @@ def test_evaluate_reports_pass_and_maj_at_k_and_completion_length(tokenizer, mak
     assert 0 < result["eval_completion_tokens"] <= 4
     contains = SelfSFTGym(tasks, tasks, tokenizer, "contains")
     assert "eval_maj@3" not in evaluate(agent, contains, num_samples=3, greedy=False)  # no answer to extract
+
+
+def test_evaluate_with_a_seed_repeats_itself_and_leaves_torch_rng_alone(tokenizer, make_agent):
+    import torch
+
+    agent = make_agent(max_new_tokens=6)
+    tasks = [Task(i, [{"role": "user", "content": f"{i} + 1 = ?"}], f"{i} + 1 = ?", {"answer": str(i + 1)})
+             for i in range(3)]
+    env = SelfSFTGym(tasks, tasks, tokenizer, "first_number")
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    first = evaluate(agent, env, num_samples=3, greedy=False, temperature=1.0, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random stream is untouched
+    torch.manual_seed(123)  # another state outside: the same numbers
+    second = evaluate(agent, env, num_samples=3, greedy=False, temperature=1.0, seed=7)
+    keys = ("eval_reward", "eval_pass@3", "eval_tokens")
+    assert [first[k] for k in keys] == [second[k] for k in keys]
+
+
+def test_evaluate_leaves_unscored_completions_out_of_every_mean(tokenizer, make_agent):
+    agent = make_agent(max_new_tokens=4)
+    tasks = [Task(i, [{"role": "user", "content": f"Say {i}"}], f"Say {i}", {}) for i in range(3)]
+
+    def only_prompt_0(prompts, completions, **kwargs):
+        return [1.0 if p == "Say 0" else None for p in prompts]
+
+    env = SelfSFTGym(tasks, tasks, tokenizer, only_prompt_0)
+    result = evaluate(agent, env, num_samples=2, greedy=True, temperature=1.0)
+    assert result["eval_reward"] == 1.0 and result["eval_reward_greedy"] == 1.0 and result["eval_unscored"] == 4.0
+    assert result["eval_pass@2"] == 1.0  # over the prompt that has samples
+
+    def never(prompts, completions, **kwargs):
+        return [None] * len(completions)
+
+    result = evaluate(agent, SelfSFTGym(tasks, tasks, tokenizer, never), num_samples=2, greedy=False)
+    assert result["eval_reward"] != result["eval_reward"] and result["eval_unscored"] == 6.0  # NaN: nothing scored

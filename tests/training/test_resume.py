@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_the_same_result(setup, uninterrupted, crash_at):
     assert not any(p.name.endswith(".tmp") for p in (setup / out / "checkpoints").iterdir() if p.is_dir()) or crash_at.startswith("checkpoint")
 
     refused = train(setup, out)  # a run is there: without --resume it is refused, not overwritten
-    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    assert refused.returncode == 2 and f"output dir {out} holds another run; resume it (--resume" in refused.stderr
 
     resumed = train(setup, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -81,3 +81,61 @@ def test_the_python_entry_point_takes_the_same_lock(make_agent, tokenizer, tmp_p
     assert [r["iteration"] for r in history] == [0, 1]  # the dead holder's lock did not block the run
     with run_lock(run):  # and the run released its own lock when it ended
         pass
+
+
+def run(make_agent, tokenizer, folder, reward=None, **kwargs):
+    env = make_env(tokenizer)
+    if reward is not None:
+        env = SelfSFTGym(env.train_tasks, env.eval_tasks, tokenizer, reward, data_batch_size_per_gpu=2,
+                         keep_truncated=True)
+    return finetune_llm_selfsft([make_agent()], env, prompts_per_iteration=2, eval_samples=1, checkpoint_path=folder,
+                                verbose=False, **{"iterations": 1, **kwargs})[1]
+
+
+def test_python_runs_follow_the_command_lines_folder_rules(make_agent, tokenizer, tmp_path):
+    folder = tmp_path / "mine"
+    with pytest.raises(SelfSFTError) as info:  # a typo'd folder to resume: refused, and nothing is created
+        run(make_agent, tokenizer, folder, resume=True)
+    assert str(info.value) == (f"cannot resume {folder}: it does not exist; check the path, or start a new run there "
+                               "without resume") and not folder.exists()
+    assert [r["iteration"] for r in run(make_agent, tokenizer, folder)] == [0, 1]
+    first = (folder / "metrics.jsonl").read_text()
+    with pytest.raises(SelfSFTError) as info:  # re-running the snippet does not silently replace the run
+        run(make_agent, tokenizer, folder)
+    assert str(info.value) == (f"output dir {folder} holds another run; resume it (--resume, resume=True) or replace "
+                               "it (--overwrite, overwrite=True)")
+    assert (folder / "metrics.jsonl").read_text() == first
+    with pytest.raises(SelfSFTError, match="resume and overwrite exclude each other"):
+        run(make_agent, tokenizer, folder, resume=True, overwrite=True)
+    assert [r["iteration"] for r in run(make_agent, tokenizer, folder, iterations=2, resume=True)] == [0, 1, 2]
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(SelfSFTError, match=r"also holds notes.txt"):  # overwrite deletes only what a run wrote
+        run(make_agent, tokenizer, folder, overwrite=True)
+    (folder / "notes.txt").unlink()
+    assert [r["iteration"] for r in run(make_agent, tokenizer, folder, overwrite=True)] == [0, 1]
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == ["iteration_0001.jsonl"]  # the old run's gone
+
+
+def interrupted(prompts, completions, **kwargs):
+    raise KeyboardInterrupt  # Ctrl-C while the base policy is evaluated
+
+
+def raises_in_training(prompts, completions, **kwargs):
+    if len(prompts) > 1:  # the held-out split is one prompt, one sample: more is a training call
+        raise ValueError("checker crashed")
+    return [0.0] * len(completions)
+
+
+def test_a_run_that_completes_no_iteration_leaves_nothing_behind(make_agent, tokenizer, tmp_path):
+    folder = tmp_path / "mine"
+    with pytest.raises(KeyboardInterrupt):
+        run(make_agent, tokenizer, folder, reward=interrupted)
+    assert not folder.exists()
+    folder.mkdir()  # a folder that was there before: emptied of what the run wrote, kept
+    with pytest.raises(SelfSFTError, match="raised ValueError: checker crashed"):
+        run(make_agent, tokenizer, folder, reward=raises_in_training)
+    assert sorted(os.listdir(folder)) == [LOCK_FILE]
+    assert [r["iteration"] for r in run(make_agent, tokenizer, folder)] == [0, 1]  # a re-run is not refused
+    with pytest.raises(SelfSFTError, match="raised ValueError"):  # after a complete iteration, everything stays
+        run(make_agent, tokenizer, folder, reward=raises_in_training, iterations=2, resume=True)
+    assert [r["iteration"] for r in run(make_agent, tokenizer, folder, iterations=1, resume=True)] == [0, 1]
