@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from agilerl_selfsft.data.tools import as_tool_text
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.manifest import sha256
 from agilerl_selfsft.samples import Message
 
 log = logging.getLogger("agilerl_selfsft")
@@ -347,13 +348,10 @@ def content_sha256(path: str | Path) -> str:
     """The SHA-256 of a source's content: a file's bytes, or a folder's files (``save_to_disk``) by relative
     path and bytes; so a moved or copied source is recognised as the same data ("missing" when it is gone)."""
     path = Path(path)
-    digest = hashlib.sha256()
     if path.is_file():
-        digest.update(path.read_bytes())
-    elif path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
-    else:
-        return "missing"
-    return digest.hexdigest()
+        return sha256(path)
+    if path.is_dir():
+        files = {f.relative_to(path).as_posix(): sha256(f) for f in sorted(path.rglob("*")) if f.is_file()}
+        return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    return "missing"
 
