@@ -338,7 +338,7 @@ def run(task: str, seed: int, method: str, s: Settings) -> dict[str, Any]:
                                    verbose=False)
             totals["gen_tokens"] = genv.generated_tokens
             new = genv.rewards_seen[seen:]
-            return {"train_reward": sum(new) / len(new)}
+            return {"train_reward": sum(new) / len(new), "reward_metrics": {}}  # GRPO's reward reports no metrics
 
         with tempfile.TemporaryDirectory(prefix="learning_grpo_") as tmp:
             def to_evaluator() -> None:  # GRPO's actor adapter into the SelfSFT evaluator, through a checkpoint
