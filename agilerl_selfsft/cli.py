@@ -52,7 +52,7 @@ def build(config: Any):  # noqa: ANN201 -- (pop, env)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, tokenizer = load_model(resolve_model_path(config.model), device=device)
+    model, tokenizer = load_model(resolve_model_path(config.model), dtype=config.dtype, device=device)
     context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
     limit = config.max_prompt_tokens or context - config.max_new_tokens
     train, skipped_train = drop_long_prompts(train, tokenizer, limit, config.long_prompts, "train")
@@ -204,9 +204,10 @@ def _train_locked(config: Any, out: Path, resume: bool) -> Path:
 
     logging.getLogger("agilerl_selfsft").info(
         "Config (resolved):\n%s", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip())
+    resolved = resolved_settings(config)
     pop, env = build(config)
     tournament, mutation = build_evolution(config)
-    (out / "config.json").write_text(config.model_dump_json(indent=2))
+    (out / "config.json").write_text(json.dumps({**config.model_dump(mode="json"), "resolved": resolved}, indent=2))
     (out / "task_files.json").write_text(json.dumps(_task_files(config), indent=2))
     _, history = finetune_llm_selfsft(
         pop, env, init_hp=config.model_dump(), iterations=config.iterations,
@@ -224,6 +225,23 @@ def _train_locked(config: Any, out: Path, resume: bool) -> Path:
     print(f"\nreward curve: {plot(history, out / 'reward_curve.png')}")
     print(f"run directory: {out}  (metrics.jsonl, samples/, checkpoints/latest)")
     return out
+
+
+def resolved_settings(config: Any) -> dict[str, Any]:
+    """What ``auto`` settings of ``config`` became on this machine (device; dtype and the probe behind it), logged
+    and saved in the run's ``config.json`` under ``resolved``."""
+    import torch
+
+    from agilerl_selfsft.models import resolve_device
+    from agilerl_selfsft.precision import resolve_dtype
+
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)  # the probe measures at the run's thread count
+    _, why = resolve_dtype(config.dtype, device)
+    logging.getLogger("agilerl_selfsft").info("Device %s, dtype %s (%s: %s).", device, why["dtype"], why["asked"],
+                                              why["reason"])
+    return {"device": str(device), "dtype": why}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, config_path: str | Path) -> dict[str, float]:

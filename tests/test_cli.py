@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import torch
 import yaml
 
 from agilerl_selfsft.cli import main
+from agilerl_selfsft.samples import Scored
 from agilerl_selfsft.training.report import read_metrics
 
 BAD_REWARDS = textwrap.dedent(
@@ -120,6 +122,10 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys, 
     resolved = yaml.safe_load(messages[0].split("\n", 1)[1])
     assert resolved["iterations"] == 2 and resolved["selection"]["threshold"] == 0.0  # the config's values
     assert resolved["seed"] == 42 and "per_iteration" in resolved["samples"]  # and every default filled in
+    # what auto became on this machine: logged, and saved in config.json beside the config (the suite pins fp32)
+    assert "Device cpu, dtype float32 (auto: SELFSFT_DTYPE=float32)." in messages
+    saved = json.loads((workdir / "run" / "config.json").read_text())
+    assert saved["dtype"] == "auto" and saved["resolved"]["dtype"]["dtype"] == "float32"
     rows = read_metrics(workdir / "run")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for row in rows:
@@ -200,6 +206,24 @@ def test_the_efficiency_settings_reach_the_environment_and_the_loop(workdir, tin
     rows = read_metrics(workdir / "run")[1:]
     assert [r["buffer"] for r in rows] == [rows[0]["kept"], rows[0]["kept"] + rows[1]["kept"]]  # accumulated
     assert all("informative_prompts" in r and "eval_pass@1" in r for r in rows)
+
+
+def test_a_bf16_policy_keeps_fp32_adapters_and_learns(workdir, tiny_model_dir):
+    # bf16 applies to the base weights; the trained LoRA parameters (and so the optimizer's state) stay fp32
+    from agilerl_selfsft.cli import build
+    from agilerl_selfsft.config import load_config
+
+    pop, env = build(load_config(write_config(workdir, tiny_model_dir, dtype="bfloat16")))
+    agent = pop[0]
+    trained = {p.dtype for p in agent.actor.parameters() if p.requires_grad}
+    frozen = {p.dtype for n, p in agent.actor.named_parameters() if not p.requires_grad and "lora" not in n}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}
+    before = {n: p.detach().clone() for n, p in agent.actor.named_parameters() if p.requires_grad}
+    tasks = env.prompts[:2]
+    env.refill([Scored(t.id, [*t.messages, {"role": "assistant", "content": "Paris"}], "Paris", 1.0) for t in tasks])
+    loss = agent.learn(env.reset(batch_size=agent.batch_size_per_process))["loss"]
+    assert math.isfinite(loss)
+    assert any(not torch.equal(before[n], p) for n, p in agent.actor.named_parameters() if p.requires_grad)
 
 
 def test_a_preset_fills_what_the_config_leaves_out_and_the_config_wins(workdir, tiny_model_dir):
