@@ -25,6 +25,10 @@ loop, step by step:
 Greedy decoding gives ``generate``'s tokens, token for token, on every architecture family the differential
 tests build (``tests/generation/test_decode_architectures.py``).
 
+Each decode step attends with grouped query heads folded onto their KV heads
+(:mod:`~agilerl_selfsft.generation.attention`), so the cache is not copied per query head, and a sampled token
+is drawn by inverting the cumulative distribution with one uniform per row (:func:`draw`).
+
 With a PEFT model, every LoRA adapter is folded into a copy of its base weight for the call
 (:mod:`~agilerl_selfsft.generation.folding`), so each step runs one matmul per linear layer instead of three;
 the model itself, and a base shared by a population, are never modified.
@@ -52,6 +56,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
+from agilerl_selfsft.generation.attention import grouped_decode_attention
 from agilerl_selfsft.generation.folding import merged_lora, unwrapped
 from agilerl_selfsft.samples import Generations
 
@@ -96,7 +101,30 @@ class Sampling:
         """One token per row: the arg-max, or a draw from the warped softmax."""
         if self.is_greedy:
             return logits.argmax(dim=-1)
-        return torch.multinomial(torch.softmax(warpers(None, logits.float()), dim=-1), 1).squeeze(1)
+        return draw(torch.softmax(warpers(None, logits.float()), dim=-1))
+
+
+def draw(probs: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """One index per row of ``probs`` (``(rows, n)``, non-negative), drawn with probability proportional to its entry.
+
+    ``torch.multinomial`` draws an exponential variate for every entry (its CPU kernel spent 13 % of a sampling
+    call on a 49k vocabulary); this inverts the cumulative distribution with one uniform per row instead. The
+    running sums are taken in fp64, over blocks of ``block`` entries and then within the chosen block, so
+    rounding shifts no more than ~1e-7 of a block's mass, and an entry of zero probability is never drawn. It follows
+    ``torch.manual_seed``.
+    """
+    rows, n = probs.shape
+    blocks = (F.pad(probs, (0, -n % block)) if n % block else probs).view(rows, -1, block)
+    mass = blocks.sum(-1).double()  # (rows, blocks); each block's fp32 sum is exact to ~1e-7 of its mass
+    upto = mass.cumsum(-1)
+    u = torch.rand(rows, 1, dtype=torch.float64, device=probs.device) * upto[:, -1:]
+    rows_with_mass = torch.arange(mass.shape[1], device=probs.device) * (mass > 0)  # rounding may reach the end
+    b = torch.minimum(torch.searchsorted(upto, u, right=True), rows_with_mass.amax(-1, keepdim=True))
+    inside = blocks[torch.arange(rows, device=probs.device), b.squeeze(1)]  # (rows, block)
+    before = F.pad(upto, (1, 0)).gather(1, b)  # the mass of the blocks before b, exactly as the search saw it
+    last = (torch.arange(block, device=probs.device) * (inside > 0)).amax(-1, keepdim=True)
+    j = torch.minimum(torch.searchsorted(inside.double().cumsum(-1), u - before, right=True), last)
+    return (b * block + j).squeeze(1)
 
 
 def sample(
@@ -110,6 +138,7 @@ def sample(
     drop_finished: bool = True,
     refill: bool = True,
     merge_lora: bool = True,
+    fold_heads: bool = True,
 ) -> Generations:
     """Sample ``num_generations`` completions for each rendered prompt, at most ``max_batch_rows`` rows at a time.
 
@@ -128,6 +157,8 @@ def sample(
     :param refill: admit waiting prompts into freed rows (step 5); False starts the next batch only when the
         last row of the current one has finished, defaults to True
     :param merge_lora: fold LoRA adapters into a copy of the base weights for the call, defaults to True
+    :param fold_heads: on decode steps, attend with grouped query heads folded onto their KV heads instead of
+        copying the cache per query head (:mod:`~agilerl_selfsft.generation.attention`), defaults to True
     :return: texts, finish flags and token ids in the order of ``prompt_texts``, plus counts and timing
     """
     start = time.perf_counter()
@@ -142,7 +173,7 @@ def sample(
     out = Generations(
         texts=[[] for _ in prompt_texts], finished=[[] for _ in prompt_texts], token_ids=[[] for _ in prompt_texts]
     )
-    with merged_lora(model, enabled=merge_lora) as forward:
+    with merged_lora(model, enabled=merge_lora) as forward, grouped_decode_attention(unwrapped(model), fold_heads):
         loop = _Loop(forward, next(model.parameters()).device, sampling, pad_id, k, max(max_batch_rows, k),
                      attention_window(model))
         rows = loop.run(prompts, share=share_prompts, drop_finished=drop_finished, refill=refill)

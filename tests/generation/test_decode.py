@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
 from agilerl_selfsft.data.chat import render_prompt
-from agilerl_selfsft.generation.decode import Sampling, sample
+from agilerl_selfsft.generation.decode import Sampling, draw, sample
 from agilerl_selfsft.generation.folding import merged_lora
 
 PROMPTS = ["What is the capital of France?", "Hi", "Name a colour, please, any colour you like.", "What is 2 + 2?"]
@@ -160,3 +161,23 @@ def test_sampling_with_folded_lora_gives_the_adapter_tokens(lora_model, tokenize
     assert folded.token_ids == unfolded.token_ids
     for i, text in enumerate(texts):
         assert folded.token_ids[i][0] == hf_greedy(lora_model, tokenizer, text, 8, [2])
+
+
+def test_draw_follows_the_probabilities_and_never_draws_a_zero():
+    # rows with zeros inside and at the end (a top-k cut), a vocabulary that is no multiple of the block size
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 1000) * 2, -1)
+    probs[:, 700:] = 0
+    probs[0, 5] = probs[1, :300].fill_(0)[0]
+    probs /= probs.sum(-1, keepdim=True)
+    n = 60000
+    drawn = draw(probs.repeat(n, 1)).view(n, 3)
+    for r in range(3):
+        counts = torch.bincount(drawn[:, r], minlength=1000).double()
+        assert counts[probs[r] == 0].sum() == 0
+        live = probs[r] > 0
+        assert chisquare(counts[live].numpy(), (probs[r][live].double() / probs[r][live].double().sum() * n).numpy()).pvalue > 1e-3
+    torch.manual_seed(7)
+    first = draw(probs)
+    torch.manual_seed(7)
+    assert torch.equal(draw(probs), first)  # it follows torch's seed
