@@ -26,7 +26,9 @@ Greedy decoding gives ``generate``'s tokens, token for token, on every architect
 tests build (``tests/generation/test_decode_architectures.py``).
 
 Each decode step attends with grouped query heads folded onto their KV heads
-(:mod:`~agilerl_selfsft.generation.attention`), so the cache is not copied per query head, and a sampled token
+(:mod:`~agilerl_selfsft.generation.attention`), so the cache is not copied per query head; the cache has room
+reserved to grow into (:mod:`~agilerl_selfsft.generation.kv_cache`), so a step writes its column in place
+instead of copying the cache; and a sampled token
 is drawn by inverting the cumulative distribution with one uniform per row (:func:`draw`).
 
 With a PEFT model, every LoRA adapter is folded into a copy of its base weight for the call
@@ -54,10 +56,10 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicLayer
 
 from agilerl_selfsft.generation.attention import grouped_decode_attention
 from agilerl_selfsft.generation.folding import merged_lora, unwrapped
+from agilerl_selfsft.generation.kv_cache import RESERVE, joinable, left_pad, reserve
 from agilerl_selfsft.samples import Generations
 
 
@@ -139,6 +141,7 @@ def sample(
     refill: bool = True,
     merge_lora: bool = True,
     fold_heads: bool = True,
+    reserve_cache: bool = True,
 ) -> Generations:
     """Sample ``num_generations`` completions for each rendered prompt, at most ``max_batch_rows`` rows at a time.
 
@@ -159,6 +162,8 @@ def sample(
     :param merge_lora: fold LoRA adapters into a copy of the base weights for the call, defaults to True
     :param fold_heads: on decode steps, attend with grouped query heads folded onto their KV heads instead of
         copying the cache per query head (:mod:`~agilerl_selfsft.generation.attention`), defaults to True
+    :param reserve_cache: keep the KV cache in buffers with room to grow, so a step writes its column in place
+        instead of copying the cache (:mod:`~agilerl_selfsft.generation.kv_cache`), defaults to True
     :return: texts, finish flags and token ids in the order of ``prompt_texts``, plus counts and timing
     """
     start = time.perf_counter()
@@ -175,7 +180,7 @@ def sample(
     )
     with merged_lora(model, enabled=merge_lora) as forward, grouped_decode_attention(unwrapped(model), fold_heads):
         loop = _Loop(forward, next(model.parameters()).device, sampling, pad_id, k, max(max_batch_rows, k),
-                     attention_window(model))
+                     attention_window(model), reserve_cache)
         rows = loop.run(prompts, share=share_prompts, drop_finished=drop_finished, refill=refill)
     out.batch_rows = [n * k for n in loop.admitted]
     out.peak_rows, out.computed_rows = loop.peak_rows, loop.computed_rows
@@ -236,7 +241,7 @@ class _Rows:
         if not self.joined:  # no join padded the cache: nothing to cut, and no host sync spent finding out
             return
         first = int(self.mask.any(0).int().argmax())  # leading columns padded for rows that have left
-        if first and _plain_layers(self.cache):
+        if first and joinable(self.cache):
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
             self.mask = self.mask[:, first:]
@@ -245,33 +250,21 @@ class _Rows:
         """Append ``other``'s rows, left-padding the shorter cache (masked out) to the longer one's length."""
         length = max(self.mask.shape[1], other.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, length), _left_pad(theirs.keys, length)])
-            mine.values = torch.cat([_left_pad(mine.values, length), _left_pad(theirs.values, length)])
-        self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
+            mine.keys = torch.cat([left_pad(mine.keys, length), left_pad(theirs.keys, length)])
+            mine.values = torch.cat([left_pad(mine.values, length), left_pad(theirs.values, length)])
+        self.mask = torch.cat([left_pad(self.mask, length), left_pad(other.mask, length)])
         for name in ("logits", "position", "live", "count", "done"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
         self.joined = True
-
-
-def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad a (…, seq[, dim]) tensor on the left of its sequence axis to ``length``."""
-    missing = length - (t.shape[-2] if t.dim() == 4 else t.shape[-1])
-    if missing == 0:
-        return t
-    return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
-
-
-def _plain_layers(cache: object) -> bool:
-    """Whether every cache layer is a plain growing ``DynamicLayer`` (which joining and trimming assume)."""
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
 
 class _Loop:
     """The decode loop of :func:`sample` for one call: admit prompts, sample, drop finished rows, step."""
 
     def __init__(self, forward: Callable[..., object], device: torch.device, sampling: Sampling, pad_id: int,
-                 k: int, capacity: int, window: int | None = None) -> None:
+                 k: int, capacity: int, window: int | None = None, reserve: bool = True) -> None:
         self.forward, self.device, self.sampling, self.pad_id = forward, device, sampling, pad_id
+        self.reserve = reserve
         self.k, self.capacity, self.window = k, capacity, window
         self.admitted: list[int] = []  # prompts admitted by each prefill
         self.peak_rows = self.computed_rows = 0
@@ -302,7 +295,7 @@ class _Loop:
                 self.admitted.append(len(take))
                 if rows is None:
                     rows = new
-                    refill = refill and _plain_layers(rows.cache)  # other cache types cannot be joined
+                    refill = refill and joinable(rows.cache)  # other cache types cannot be joined
                 else:
                     rows.join(new)  # 5.
             self.peak_rows = max(self.peak_rows, len(rows.live))
@@ -352,6 +345,8 @@ class _Loop:
             use_cache=True, logits_to_keep=1,
         )
         out.past_key_values.batch_repeat_interleave(k)
+        if self.reserve:
+            reserve(out.past_key_values, min(self.sampling.max_new_tokens, RESERVE))  # steps write in place
         live = (torch.tensor(indices, device=self.device)[:, None] * k + torch.arange(k, device=self.device)).flatten()
         return _Rows(
             cache=out.past_key_values,

@@ -1,0 +1,105 @@
+"""The decode loop's KV cache: transformers' ``DynamicLayer`` with room reserved to grow into.
+
+``DynamicLayer.update`` appends a step's keys and values with ``torch.cat``, which copies the layer's whole cache
+on every decode step. :class:`ReservedLayer` keeps its keys and values in buffers with spare columns: a step
+writes its column in place and attention reads a view of the filled part, so the cache is copied only when
+the room runs out (every :data:`RESERVE` steps at most), when rows are joined, or when leading padding is cut.
+Dropping finished rows gathers the buffers, room included, so that costs no extra copy either.
+
+Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods, the loop's joins) gets
+a tight buffer of exactly what it assigned: behaviour never depends on the reservation, only speed does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicLayer
+
+RESERVE = 64  # columns reserved at a time
+
+
+class ReservedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views of buffers with room for more columns."""
+
+    def __init__(self, room: int = RESERVE) -> None:
+        self._keys = self._values = None
+        self._length = self._values_length = 0  # filled columns of each buffer (assigned one at a time)
+        self.room = room
+        super().__init__()
+
+    @classmethod
+    def of(cls, layer: DynamicLayer, room: int = RESERVE) -> ReservedLayer:
+        """``layer``'s cache with ``room`` columns reserved (one copy)."""
+        new = cls(room)
+        new.dtype, new.device, new.is_initialized = layer.dtype, layer.device, layer.is_initialized
+        new._keys, new._values = _with_room(layer.keys, room), _with_room(layer.values, room)
+        new._length = new._values_length = layer.keys.shape[-2]
+        return new
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        k = self._keys
+        return k if k is None or k.dim() < 3 else k[:, :, : self._length]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._keys = value
+        self._length = 0 if value is None or value.dim() < 3 else value.shape[-2]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        v = self._values
+        return v if v is None or v.dim() < 3 else v[:, :, : self._values_length]
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._values = value
+        self._values_length = 0 if value is None or value.dim() < 3 else value.shape[-2]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object,
+               **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new columns into the room (reserving more first when it is used up); the filled views."""
+        if not self.is_initialized or self._keys is None or self._keys.dim() < 3:
+            return super().update(key_states, value_states, *args, **kwargs)  # the first tokens: as DynamicLayer
+        new = key_states.shape[-2]
+        if self._length + new > self._keys.shape[-2]:
+            self._keys, self._values = _with_room(self.keys, new + self.room), _with_room(self.values, new + self.room)
+        self._keys[:, :, self._length : self._length + new] = key_states
+        self._values[:, :, self._length : self._length + new] = value_states
+        self._length += new
+        self._values_length = self._length
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices``, room and all."""
+        if self.get_seq_length() > 0:
+            self._keys, self._values = self._keys[indices], self._values[indices]  # the lengths stay
+
+
+def _with_room(t: torch.Tensor, room: int) -> torch.Tensor:
+    """A copy of ``t`` (…, seq, dim) with ``room`` more (unset) sequence columns."""
+    out = t.new_empty((*t.shape[:-2], t.shape[-2] + room, t.shape[-1]))
+    out[..., : t.shape[-2], :] = t
+    return out
+
+
+def reserve(cache: object, room: int) -> None:
+    """Swap every plain ``DynamicLayer`` of ``cache`` for a :class:`ReservedLayer` with ``room`` columns."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None and joinable(cache):
+        layers[:] = [ReservedLayer.of(layer, room) if type(layer) is DynamicLayer else layer for layer in layers]
+
+
+def joinable(cache: object) -> bool:
+    """Whether every layer of ``cache`` is a plain growing one (``DynamicLayer`` or :class:`ReservedLayer`), which
+    joining rows and cutting leading columns assume (a sliding-window layer keeps a window, not the sequence)."""
+    return all(type(layer) in (DynamicLayer, ReservedLayer) for layer in getattr(cache, "layers", [None]))
+
+
+def left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad a (…, seq[, dim]) tensor on the left of its sequence axis to ``length``."""
+    missing = length - (t.shape[-2] if t.dim() == 4 else t.shape[-1])
+    if missing == 0:
+        return t
+    return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
