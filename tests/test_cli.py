@@ -131,6 +131,11 @@ def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys, 
     for row in rows:
         assert {"iteration", "eval_reward", "eval_reward_greedy", "train_reward", "kept", "wall_seconds"} <= set(row)
     assert rows[0]["train_reward"] is None and rows[1]["kept"] > 0 and rows[2]["eval_reward"] == 1.0
+    for before, row in zip(rows, rows[1:]):  # where each iteration's time went: its stages, within its wall time
+        stages = [row[f"seconds_{s}"] for s in ("generate", "select", "learn", "evaluate")]
+        assert min(stages) >= 0 and sum(stages) <= row["wall_seconds"] - before["wall_seconds"] + 0.05
+        assert row["seconds_sample"] + row["seconds_score"] == pytest.approx(row["seconds_generate"], abs=2e-3)
+        assert row["seconds_learn"] > 0 and row["seconds_evaluate"] > 0
     latest = workdir / "run" / "checkpoints" / "latest"
     assert latest.is_symlink() and os.readlink(latest) == "iteration_0002"
     assert (latest / "actor" / "adapter_model.safetensors").is_file() and (latest / "attributes.pt").is_file()

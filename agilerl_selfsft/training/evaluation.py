@@ -38,7 +38,8 @@ def evaluate(
     :param temperature: sampling temperature, >= 0 (0 = greedy), defaults to None (the agent's
         ``sampling_temperature``)
     :param seed: seed of the samples (each process adds its rank), defaults to None (torch's current state)
-    :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward),
+    :return: ``eval_reward`` (mean reward of the samples: the policy's expected reward), ``eval_reward_se`` (its
+        standard error from sampling on these prompts, :func:`reward_standard_error`),
         ``eval_reward_greedy`` (NaN when ``greedy`` is off), ``eval_solved`` (share of prompts with a
         sample at or above the selection threshold), ``eval_tokens``, ``eval_seconds``; with an agent that
         returns ``(reward, info)``, ``eval_<key>`` (and ``eval_<key>_greedy``): the mean of each info value;
@@ -62,6 +63,7 @@ def evaluate(
     solved = {s.prompt_id for s in scored if s.reward >= env.threshold}
     result = {
         "eval_reward": mean_reward(scored),
+        "eval_reward_se": reward_standard_error(scored),
         "eval_reward_greedy": float("nan"),
         "eval_solved": len(solved) / len(tasks),
         "eval_tokens": float(sampled.num_tokens),
@@ -87,6 +89,20 @@ def evaluate(
 def mean_reward(scored: list[Scored]) -> float:
     """The mean reward of ``scored`` (NaN when there is none: every completion was left unscored)."""
     return float(np.mean([s.reward for s in scored])) if scored else float("nan")
+
+
+def reward_standard_error(scored: list[Scored]) -> float:
+    """The standard error of :func:`mean_reward` that comes from sampling, on these prompts: prompt ``i`` scored by
+    ``k_i`` samples of variance ``s_i²`` gives ``sqrt(Σ k_i s_i²) / Σ k_i`` (k samples on each of n prompts:
+    ``sqrt(Σ s_i² / k) / n``). It says how far another draw of as many samples would move ``eval_reward`` on the
+    same held-out prompts, so how many samples per prompt an evaluation needs; NaN when a prompt has fewer than
+    2 samples (no variance to measure).
+    """
+    groups = [[s.reward for s in g] for g in _by_prompt(scored).values()]
+    if not groups or min(len(g) for g in groups) < 2:
+        return float("nan")
+    total = sum(len(g) for g in groups)
+    return float(np.sqrt(sum(len(g) * np.var(g, ddof=1) for g in groups)) / total)
 
 
 def info_means(scored: list[Scored]) -> dict[str, float]:

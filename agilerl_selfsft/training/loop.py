@@ -35,7 +35,7 @@ from agilerl_selfsft.samples import Generations, Scored, Task
 from agilerl_selfsft.training.checkpoints import latest_checkpoint, restore, save_iteration, write_state
 from agilerl_selfsft.training.evaluation import evaluate, info_means, mean_reward
 from agilerl_selfsft.training.faults import crash_point
-from agilerl_selfsft.training.report import RunLog, open_wandb, read_metrics, visible_logs
+from agilerl_selfsft.training.report import RunLog, StageClock, open_wandb, read_metrics, visible_logs
 from agilerl_selfsft.training.rundir import run_folder
 from agilerl_selfsft.training.sample_log import DEFAULT_PER_ITERATION, log_best_and_worst, sample_rows
 
@@ -206,17 +206,23 @@ def finetune_llm_selfsft(
         for agent in pop:
             torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
             who = tag + (f" [agent {agent.index}]" if len(pop) > 1 else "")
-            scored, generations, counted = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
+            clock = StageClock()  # seconds_<stage> in the row: where the iteration's time went
+            with clock("generate"):
+                scored, generations, counted = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
             if on_scored is not None and dp.is_main:
                 on_scored(iteration, agent, scored)
             if verbose:
                 log_best_and_worst(who, scored, log_examples)
-            stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
+            with clock("select"):
+                stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
             samples += sample_rows(iteration, agent.index, scored, env.buffer) if dp.is_main else []
-            learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose, restart_from_base)  # 4.
-            evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
+            with clock("learn"):
+                learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose, restart_from_base)  # 4.
+            with clock("evaluate"):
+                evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
             agent.metrics.add_fitness(evaluation["eval_reward"])
-            members.append(_member_row(agent, scored, generations, {**stats, **counted}, learned, evaluation))
+            members.append(_member_row(agent, scored, generations, {**stats, **counted}, learned, evaluation,
+                                       clock.seconds))
         empty_streak = empty_streak + 1 if all(m["kept"] == 0 for m in members) else 0
         if empty_streak > 1:
             log.warning("%s Nothing passed the selection for %d iterations in a row: %s.",
@@ -353,10 +359,13 @@ def _evolve(
 # ---- rows and checks ----
 def _member_row(
     agent: SelfSFT, scored: list[Scored], generations: Generations, stats: dict[str, float],
-    learned: dict[str, Any], evaluation: dict[str, float],
+    learned: dict[str, Any], evaluation: dict[str, float], seconds: dict[str, float],
 ) -> dict[str, Any]:
-    """One agent's part of the iteration's metrics row."""
+    """One agent's part of the iteration's metrics row (``seconds``: its stages' times; generating is split into
+    sampling and scoring)."""
+    sample, score = generations.seconds, seconds["seconds_generate"] - generations.seconds
     return _clean({
+        **seconds, "seconds_sample": round(sample, 3), "seconds_score": round(max(score, 0.0), 3),
         **_hp(agent), **evaluation, "train_reward": mean_reward(scored),
         **{f"train_{key}": value for key, value in info_means(scored).items()}, **stats,
         "loss": learned["loss"], "kl": learned["kl"], "learn_steps": learned["steps"],

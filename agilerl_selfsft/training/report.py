@@ -105,6 +105,22 @@ class RunLog:
             self.tensorboard.close()
 
 
+class StageClock:
+    """Seconds an agent's iteration spent in each stage, as ``seconds_<stage>`` keys of its metrics row."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"seconds_{stage}"
+            self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - start, 3)
+
+
 def open_wandb(api_key: str | None = None, config: dict | None = None, settings: dict | None = None) -> Any:
     """A wandb run (wandb is imported only here: it is optional).
 

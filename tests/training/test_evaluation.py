@@ -8,7 +8,9 @@ import pytest
 
 from agilerl_selfsft.env.gym import SelfSFTGym
 from agilerl_selfsft.samples import Scored, Task
-from agilerl_selfsft.training.evaluation import evaluate, maj_at_k, mean_pass_at_k, pass_at_k
+import numpy as np
+
+from agilerl_selfsft.training.evaluation import evaluate, maj_at_k, mean_pass_at_k, pass_at_k, reward_standard_error
 
 
 @pytest.mark.parametrize("n,c", [(4, 0), (4, 1), (4, 3), (5, 2), (6, 6)])
@@ -40,13 +42,26 @@ def test_maj_at_k_scores_the_most_common_answer_and_pass_at_k_any_right_one():
     assert mean_pass_at_k(scored, 1.0, 1) == pytest.approx(2 / 9)
 
 
+def test_the_standard_error_is_the_spread_of_the_mean_over_redraws_of_the_samples():
+    # 40 prompts of known solve rates, k samples each: the SE from one draw matches the spread of eval_reward
+    # over many draws (what a re-evaluation of the same policy on the same prompts would show)
+    rng = np.random.default_rng(0)
+    rates = rng.uniform(0, 1, 40)
+    for k in (4, 8):
+        draws = [rng.random((40, k)) < rates[:, None] for _ in range(2000)]
+        means = [d.mean() for d in draws]
+        ses = [reward_standard_error([sample(i, "", float(r)) for i in range(40) for r in d[i]]) for d in draws[:200]]
+        assert np.mean(ses) == pytest.approx(np.std(means), rel=0.1)
+    assert np.isnan(reward_standard_error([sample(0, "", 1.0), sample(1, "", 0.0)]))  # one sample a prompt
+
+
 def test_evaluate_reports_pass_and_maj_at_k_and_completion_length(tokenizer, make_agent):
     agent = make_agent(max_new_tokens=4)
     tasks = [Task(i, [{"role": "user", "content": f"{i} + 0 = ?"}], f"{i} + 0 = ?", {"answer": str(i)})
              for i in range(3)]
     env = SelfSFTGym(tasks, tasks, tokenizer, "first_number")
     result = evaluate(agent, env, num_samples=3, greedy=False, temperature=1.0)
-    assert {"eval_pass@1", "eval_pass@3", "eval_maj@3", "eval_completion_tokens"} <= set(result)
+    assert {"eval_pass@1", "eval_pass@3", "eval_maj@3", "eval_completion_tokens", "eval_reward_se"} <= set(result)
     assert result["eval_pass@1"] == pytest.approx(result["eval_reward"])  # rewards are 0/1 at threshold 1
     assert result["eval_pass@1"] <= result["eval_pass@3"] and result["eval_pass@3"] == result["eval_solved"]
     assert 0 < result["eval_completion_tokens"] <= 4
