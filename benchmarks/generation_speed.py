@@ -11,6 +11,10 @@ top-p 1, no top-k, ``max_new_tokens``) and stop on the same token ids (``agilerl
 - ``loop_refill`` / ``loop_dropped`` / ``loop_shared`` / ``loop_plain``: the same loop with one step after
   another switched off (LoRA folding; refilling; dropping finished rows; sharing the prefill): the ablation,
   what each step buys;
+- ``step_no_reserve`` / ``step_no_fold`` / ``step_multinomial``: ``ours`` with the decode step's own speed-ups
+  switched off one after another (the KV cache's reserved room; grouped query heads folded onto their KV heads;
+  the inverse-CDF draw, replaced by ``torch.multinomial``): ``step_multinomial`` is the decode step as it was
+  before them;
 - ``hf``: plain batched ``generate`` on the same actor: prompts left-padded, each repeated K times, the same
   rows per call as ours;
 - ``grpo``: ``GRPO.get_action(prompt_dicts, training=True)`` with ``use_vllm=False``: one ``generate`` call per
@@ -55,6 +59,7 @@ from agilerl_selfsft.data.chat import collate, render_prompt, turn_end_token_ids
 from agilerl_selfsft.data.tasks import CAPITALS_DIR
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -85,6 +90,9 @@ METHODS = {
     "loop_dropped": "decode loop, shared prefill, finished rows dropped",
     "loop_shared": "decode loop, shared prefill, finished rows decode on",
     "loop_plain": "decode loop, every row prefilled, finished rows decode on",
+    "step_no_reserve": "SelfSFT.sample's loop without the reserved KV cache (torch.cat per step)",
+    "step_no_fold": "... and without folded query heads (the cache copied per query head)",
+    "step_multinomial": "... and with torch.multinomial (the decode step before these three)",
     "hf": "plain batched HF generate (prompts × K rows per call)",
     "grpo": "GRPO.get_action (AgileRL HF path: one generate per prompt)",
     "vllm": "SelfSFT.sample, vLLM engine (merged weights, eager; needs vLLM: .venv-vllm)",
@@ -101,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help=f"timed runs per method (default {DEFAULTS['repeats']})")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--batch-rows", type=int, default=128, help="rows per batch for ours and hf (default 128)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the model's dtype; the 2N bound is that dtype's matmul rate (default float32)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the model's dtype; the 2N bound is that dtype's matmul rate (default float32)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed set before every run (default 0)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
@@ -188,6 +200,23 @@ def run_loop(agent: SelfSFT, texts: list[str], k: int, stop_ids: list[int], **op
     return gen.num_tokens, [f for row in gen.finished for f in row], len(gen.batch_rows)
 
 
+@contextlib.contextmanager
+def multinomial_draws() -> Any:
+    """The decode loop drawing tokens with ``torch.multinomial`` (as it did before the inverse-CDF draw)."""
+    draw = decode.draw
+    decode.draw = lambda probs: torch.multinomial(probs, 1).squeeze(1)
+    try:
+        yield
+    finally:
+        decode.draw = draw
+
+
+def run_step_ablation(agent: SelfSFT, texts: list[str], k: int, stop_ids: list[int], multinomial: bool = False,
+                      **options: bool) -> tuple[int, list[bool], int]:
+    with multinomial_draws() if multinomial else contextlib.nullcontext():
+        return run_loop(agent, texts, k, stop_ids, **options)
+
+
 def run_ours(agent: SelfSFT, chats: list[list[dict[str, Any]]], k: int) -> tuple[int, list[bool], int]:
     gen = agent.sample(chats, num_generations=k)
     return gen.num_tokens, [f for row in gen.finished for f in row], len(gen.batch_rows)
@@ -244,7 +273,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Model `{s['model']}` ({s['dtype']}, N = {s['n_params'] / 1e6:.1f} M parameters, {s['device']}), LoRA r=16 "
         f"all-linear, temperature {s['temperature']}, {s['repeats']} timed run(s) per method after a warm-up on 2 prompts, "
-        f"interleaved. Measured fp32 matmul rate: **{s['matmul_gflops']:.0f} GFLOP/s**, so the 2·N bound is "
+        f"interleaved. Measured {s['dtype']} matmul rate: **{s['matmul_gflops']:.0f} GFLOP/s**, so the 2·N bound is "
         f"{s['matmul_gflops'] * 1e9 / (2 * s['n_params']):.0f} tokens/s.",
         "",
         "| Method | batches / run | rows | tokens / run | median s | median tokens/s | × GRPO | × plain HF "
@@ -296,9 +325,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tasks = tasks + tasks
     chats = [t.messages for t in tasks[: args.prompts]]
 
-    log(f"loading {MODEL} (fp32), {args.threads} thread(s); measuring the matmul rate")
-    roof = matmul_gflops()
-    model, tokenizer = load_model(MODEL, dtype=torch.float32)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    log(f"loading {MODEL} ({args.dtype}), {args.threads} thread(s); measuring the {args.dtype} matmul rate")
+    roof = matmul_gflops(dtype=dtype)  # the bound of the dtype the run computes in
+    model, tokenizer = load_model(MODEL, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
     stop_ids = turn_end_token_ids(tokenizer)
     texts = [render_prompt(tokenizer, chat) for chat in chats]
@@ -342,6 +372,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                             drop_finished=False),
             "loop_plain": lambda: run_loop(ours, texts, k, stop_ids, merge_lora=False, refill=False,
                                            drop_finished=False, share_prompts=False),
+            "step_no_reserve": lambda: run_step_ablation(ours, texts, k, stop_ids, reserve_cache=False),
+            "step_no_fold": lambda: run_step_ablation(ours, texts, k, stop_ids, reserve_cache=False, fold_heads=False),
+            "step_multinomial": lambda: run_step_ablation(ours, texts, k, stop_ids, multinomial=True,
+                                                          reserve_cache=False, fold_heads=False),
             "hf": lambda: plain_hf_generate(ours, texts, k, rows, stop_ids),
             "grpo": lambda: run_grpo(grpo, prompt_dicts, stop_ids),
             **{name: (lambda agent=agent: run_ours(agent, chats, k)) for name, agent in engines.items()},
@@ -383,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(),
         "settings": {
-            "model": MODEL, "dtype": "float32", "device": device, "n_params": n_params, "matmul_gflops": roof,
+            "model": MODEL, "dtype": args.dtype, "device": device, "n_params": n_params, "matmul_gflops": roof,
             "prompts": args.prompts, "k": args.k, "rows": args.prompts * args.k, "max_new_tokens": args.max_new_tokens,
             "temperature": TEMPERATURE, "top_p": 1.0, "top_k": 0, "repeats": args.repeats, "warmup_runs": 1,
             "seed": args.seed, "threads": args.threads, "quick": args.quick, "batch_rows": args.batch_rows,
