@@ -111,8 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-rows", type=int, default=128, help="rows per batch for ours and hf (default 128)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the model's dtype; the 2N bound is that dtype's matmul rate (default float32)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="the model's dtype; the 2N bound is that dtype's matmul rate (default float32)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed set before every run (default 0)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
