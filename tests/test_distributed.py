@@ -21,6 +21,7 @@ import pytest
 from agilerl_selfsft import load_adapters
 from agilerl_selfsft.agilerl_adapter import AGILERL_258
 from agilerl_selfsft.distributed import DataParallel, check_launch, shard_rows
+from agilerl_selfsft.training.report import without_timings
 from agilerl_selfsft.errors import SelfSFTError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,8 +114,7 @@ def test_deepspeed_settings_from_the_launcher(tmp_path):
 
 
 def untimed(history):
-    timing = {"wall_seconds", "gen_seconds", "eval_seconds"}
-    return [{k: v for k, v in row.items() if k not in timing and k != "population"} for row in history]
+    return [{k: v for k, v in without_timings(row).items() if k != "population"} for row in history]
 
 
 # ---- the sharding arithmetic, without processes ----

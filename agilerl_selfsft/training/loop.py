@@ -222,7 +222,7 @@ def finetune_llm_selfsft(
                 evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
             agent.metrics.add_fitness(evaluation["eval_reward"])
             members.append(_member_row(agent, scored, generations, {**stats, **counted}, learned, evaluation,
-                                       clock.seconds))
+                                       dp.broadcast(clock.seconds)))  # the main process's clock, as wall_seconds
         empty_streak = empty_streak + 1 if all(m["kept"] == 0 for m in members) else 0
         if empty_streak > 1:
             log.warning("%s Nothing passed the selection for %d iterations in a row: %s.",

@@ -166,6 +166,16 @@ def visible_logs(verbose: bool = True) -> Iterator[None]:
         yield
 
 
+def without_timings(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row without its timings (``wall_seconds``, ``gen_seconds``, ``eval_seconds``, ``seconds_*``), in
+    its population's rows too: what two runs of the same computation (a resumed one, another launch) share."""
+    timed = lambda key: key in ("wall_seconds", "gen_seconds", "eval_seconds") or key.startswith("seconds_")  # noqa: E731
+    out = {k: v for k, v in row.items() if not timed(k)}
+    if isinstance(out.get("population"), list):
+        out["population"] = [without_timings(m) if isinstance(m, dict) else m for m in out["population"]]
+    return out
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.jsonl`` (a run directory or the file itself)."""
     path = Path(path)

@@ -25,7 +25,7 @@ from agilerl_selfsft.data.chat import collate, turn_end_token_ids
 from agilerl_selfsft.errors import SelfSFTError
 from agilerl_selfsft.generation.engine import HFEngine
 from agilerl_selfsft.generation.vllm_engine import VLLMEngine
-from agilerl_selfsft.training.report import read_metrics
+from agilerl_selfsft.training.report import read_metrics, without_timings
 
 DEVICE = os.environ.get("SELFSFT_TEST_DEVICE", "cpu")  # benchmarks/gpu_check.sh runs these on cuda
 PROMPTS = [t.messages for t in load_tasks(CAPITALS_DIR / "eval.jsonl")[:20]]
@@ -170,8 +170,7 @@ def train(tmp_path, out, *flags, crash_at=None):
 
 
 def comparable(run):
-    drop = {"wall_seconds", "gen_seconds", "eval_seconds"}
-    return [{k: v for k, v in row.items() if k not in drop and k != "population"} for row in read_metrics(run)]
+    return [{k: v for k, v in without_timings(row).items() if k != "population"} for row in read_metrics(run)]
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from agilerl_selfsft.training.report import read_metrics
+from agilerl_selfsft.training.report import read_metrics, without_timings
 
 REWARD = '''
 def even_length(prompts, completions, **kw):
     return [float(len(c) % 2 == 0) for c in completions]
 '''
-TIMING_KEYS = {"wall_seconds", "gen_seconds", "eval_seconds"}
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_factory, tokenizer) -> Path:
     root = tmp_path_factory.mktemp("resume")
@@ -57,12 +54,7 @@ def train(root: Path, out: str, *flags: str, crash_at: str | None = None, config
 
 
 def comparable(run: Path) -> list[dict]:
-    def strip(row: dict) -> dict:
-        row = {k: v for k, v in row.items() if k not in TIMING_KEYS}
-        row["population"] = [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in row["population"]]
-        return row
-
-    return [strip(r) for r in read_metrics(run)]
+    return [without_timings(r) for r in read_metrics(run)]
 
 
 @pytest.fixture(scope="module")
