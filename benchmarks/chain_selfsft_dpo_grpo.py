@@ -99,7 +99,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(iterations=1, prompts_per_iteration=8, max_new_tokens=16, sft_epochs=1, dpo_batch_size=4,
+        return cls(iterations=1, prompts_per_iteration=24, max_new_tokens=32, sft_epochs=1, dpo_batch_size=4,
                    dpo_epochs=1, grpo_steps=1, grpo_prompts_per_step=2, eval_prompts=8, eval_samples=2)
 
 
