@@ -33,6 +33,31 @@ from agilerl_selfsft.agilerl_adapter import (
 from agilerl_selfsft.algorithm.batching import DEFAULT_MAX_PADDING, Bucket, padding_fraction, plan_buckets, row_extents
 
 
+def token_losses(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+    ref_hidden: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-mean cross-entropy of the lm_head's fp32 logits on ``hidden`` against ``targets``, and
+    KL(actor ‖ reference) per token where the reference's hidden states are given (0 otherwise).
+
+    :param hidden: the actor's last hidden states at the labelled positions, ``(N, H)``
+    :param weight: the lm_head weight ``(V, H)``; ``bias`` its bias or None
+    :param targets: the N labels
+    :param ref_hidden: the reference adapter's hidden states at the same positions, or None for no KL
+    :return: ``(ce, kl)``; for N = 0 a zero CE that still depends on the graph
+    """
+    logits = F.linear(hidden, weight, bias).float()
+    if not targets.numel():
+        return logits.sum() * 0.0, torch.zeros((), device=logits.device)
+    ce = F.cross_entropy(logits, targets)
+    if ref_hidden is None:
+        return ce, torch.zeros((), device=logits.device)
+    with torch.no_grad():  # the anchor: no gradient, not even into a trainable lm_head
+        ref_logits = F.linear(ref_hidden, weight, bias).float()
+    kl = F.kl_div(F.log_softmax(ref_logits, dim=-1), F.log_softmax(logits, dim=-1), log_target=True, reduction="batchmean")
+    return ce, kl
+
+
 class BucketedLearning:
     """Mixin for an AgileRL ``LLMAlgorithm`` with a ``reference`` adapter: :meth:`learn` as described in the
     module docstring.
@@ -207,26 +232,27 @@ class BucketedLearning:
             kwargs["position_ids"] = self._position_ids_from_mask(attention_mask)
         keep = labels != -100
         targets = labels[keep]
-        logits = self._logits_at(kwargs, keep)
-        ce = F.cross_entropy(logits, targets) if targets.numel() else logits.sum() * 0.0
-        kl = torch.zeros((), device=logits.device)
+        hidden, lm_head = self._hidden_at(kwargs, keep)
+        ref_hidden = None
         if self.kl_coef > 0 and targets.numel():
             with torch.no_grad(), self.select_adapter("reference"):
                 self.actor.train(mode=False)  # no LoRA dropout in the anchor
-                ref_logits = self._logits_at(kwargs, keep)
+                ref_hidden, _ = self._hidden_at(kwargs, keep)
                 self.actor.train(mode=training)
-            kl = F.kl_div(
-                F.log_softmax(ref_logits, dim=-1), F.log_softmax(logits, dim=-1), log_target=True, reduction="batchmean"
-            )
-        return ce, kl
+        with gather_lm_head(self, lm_head) as (weight, bias):
+            return self.token_losses(hidden, weight, bias, targets, ref_hidden)
 
-    def _logits_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
-        """fp32 logits ``(N, V)`` for the N positions where ``keep`` (shifted, ``[B, L-1]``) is true."""
+    def _hidden_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Module]:
+        """The last hidden states ``(N, H)`` at the N positions where ``keep`` (shifted, ``[B, L-1]``) is true,
+        and the model's lm_head (which the transformer pass skipped)."""
         with self._patch_lm_head_to_identity() as lm_head:
             hidden = self.actor(**model_kwargs).logits  # [B, L, H], lm_head identity; FSDP2's gathers hook __call__
-        picked = hidden[:, :-1, :][keep]
-        with gather_lm_head(self, lm_head) as (weight, bias):
-            return F.linear(picked, weight, bias).float()
+        return hidden[:, :-1, :][keep], lm_head
+
+    #: the head and the losses on the picked hidden states (:func:`token_losses`); an instance may hold a compiled
+    #: copy, ``agent.token_losses = torch.compile(token_losses, dynamic=True)`` (``benchmarks/training_speed.py
+    #: --compile-loss`` measures whether that pays)
+    token_losses = staticmethod(token_losses)
 
 
 def release_cached_memory() -> None:

@@ -361,3 +361,44 @@ def test_selfsft_learn_equals_agilerl_sft_learn(make_agent, tiny_model_factory, 
     for name, p in lora_params(ours).items():
         torch.testing.assert_close(p, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in lora_params(ours).items() if "lora_B" in n)
+
+
+# ---- the head and the losses on the picked hidden states ----
+def test_token_losses_are_the_cross_entropy_and_kl_of_the_full_softmax():
+    from agilerl_selfsft.algorithm.learning import token_losses
+
+    torch.manual_seed(0)
+    hidden, ref_hidden = torch.randn(7, 5), torch.randn(7, 5)
+    weight = torch.randn(11, 5, requires_grad=True)  # a trainable lm_head: the anchor must not move it
+    targets = torch.randint(0, 11, (7,))
+    ce, kl = token_losses(hidden, weight, None, targets, ref_hidden)
+    logp, ref_logp = (torch.log_softmax(h @ weight.detach().T, -1) for h in (hidden, ref_hidden))
+    assert float(ce.detach()) == pytest.approx(float(-logp[torch.arange(7), targets].mean()), rel=1e-6)
+    assert float(kl.detach()) == pytest.approx(float((logp.exp() * (logp - ref_logp)).sum(-1).mean()), rel=1e-5)
+    kl.backward()
+    only_actor = torch.autograd.grad(
+        (torch.log_softmax(hidden @ weight.T, -1).exp() * (torch.log_softmax(hidden @ weight.T, -1) - ref_logp))
+        .sum(-1).mean(), weight)[0]
+    torch.testing.assert_close(weight.grad, only_actor)  # no gradient through the reference's logits
+    empty_ce, empty_kl = token_losses(hidden[:0], weight, None, targets[:0])
+    assert float(empty_ce.detach()) == 0.0 and float(empty_kl) == 0.0 and empty_ce.requires_grad
+
+
+def test_learn_goes_through_the_agents_token_losses(make_agent, tokenizer):
+    """``agent.token_losses`` is the hook a compiled copy goes in: learn must call it, with the same result."""
+    from agilerl_selfsft.algorithm.learning import token_losses
+
+    batch = mixed_batch(tokenizer)
+    agent = make_agent(batch_size=10, kl_coef=0.1)
+    expected = agent.learn(batch, training=False)
+    seen = []
+
+    def recording(hidden, weight, bias, targets, ref_hidden=None):
+        seen.append((hidden.shape[0], ref_hidden is not None))
+        return token_losses(hidden, weight, bias, targets, ref_hidden)
+
+    agent.token_losses = recording
+    out = agent.learn(batch, training=False)
+    assert seen and all(kl for _, kl in seen)
+    assert sum(n for n, _ in seen) == int((batch["loss_mask"] * batch["attention_mask"])[:, 1:].sum())
+    assert out["loss"] == pytest.approx(expected["loss"], rel=1e-6) and out["kl"] == pytest.approx(expected["kl"], abs=1e-7)
