@@ -1,6 +1,7 @@
 """Training throughput: ``SelfSFT.learn`` (length-bucketed) vs AgileRL's ``SFT.learn`` on the same batches.
 
-Both agents wrap their own copy of the same base weights (the embedded SmolLM2-135M-Instruct, fp32) with the
+Both agents wrap their own copy of the same base weights (the embedded SmolLM2-135M-Instruct, in ``--dtype``:
+by default ``auto``, what the library picks on this machine, recorded with the probe's reason) with the
 same LoRA shape (r=16, alpha 32, all-linear, dropout 0) and the same adapter values (ours are copied into
 AgileRL's), the same optimizer settings (AgileRL's AdamW, ``lr``, ``max_grad_norm`` 0.1), AgileRL's default
 gradient checkpointing (on; ``--no-gradient-checkpointing`` turns it off for both) and one micro-batch per batch
@@ -25,7 +26,12 @@ model that are padding: AgileRL runs every row at the batch's padded width; ours
 MFU = tokens/s × 6·N / the matmul rate measured here (``machine.matmul_gflops``, the mean of a measurement
 before and after the runs), N = the base model's parameters. Both agents take optimizer steps on the same
 batches from the same weights, so their losses should agree call by call: the largest relative difference is
-recorded as a check that they do the same optimisation.
+recorded as a check that they do the same optimisation. MFU is against the matmul rate *of the dtype used*.
+
+``--compile-loss`` adds a third agent, SelfSFT with its head and losses
+(:func:`agilerl_selfsft.algorithm.learning.token_losses`: the lm_head on the labelled positions, the
+cross-entropy, the KL) under ``torch.compile(dynamic=True)``, interleaved with the other two; its warm-up call
+includes the compilation, and its seconds are recorded beside the eager warm-up's.
 
 Run from the repository root::
 
@@ -47,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # and switches liger off on machines without CUDA.
 import agilerl_selfsft  # noqa: I001  (import order matters)
 from agilerl_selfsft import SelfSFT, load_model, load_tasks
+from agilerl_selfsft.algorithm.learning import token_losses
+from agilerl_selfsft.precision import resolve_dtype
 from agilerl_selfsft.data.chat import render_prompt
 from agilerl_selfsft.data.tasks import CAPITALS_DIR
 
@@ -73,6 +81,8 @@ DEFAULTS = {"rows": 16, "batches": 3, "repeats": 2, "uniform_reply": 40, "longes
 QUICK = {"rows": 4, "batches": 1, "repeats": 1, "uniform_reply": 8, "longest_reply": 24}
 LR = 1e-4
 OURS, SFT_NAME = "SelfSFT.learn (length buckets)", "SFT.learn (AgileRL 2.10.0)"
+COMPILED = "SelfSFT.learn, head and losses compiled"
+NAMES = {"ours": OURS, "sft": SFT_NAME, "compiled": COMPILED}
 # Reply text: windows of this paragraph (a fixed text, so the batches are the same on every run).
 PARAGRAPH = (
     "Paris is the capital and largest city of France. It lies on the river Seine, in the north of the country, "
@@ -102,6 +112,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-gradient-checkpointing", action="store_true", help="turn gradient checkpointing off for both agents"
     )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+        help="the base weights' dtype for both agents (default auto: what the library would choose here)",
+    )
+    parser.add_argument(
+        "--compile-loss", action="store_true",
+        help="add a third arm: SelfSFT with its head and losses (token_losses) under torch.compile(dynamic=True)",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the result files (training_speed_<tag>.json)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batches and the adapters (default 0)")
     parser.add_argument(
@@ -278,14 +297,15 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Tokens = real (non-padding) prompt + reply tokens of the batch rows, counted the same for both. "
         "Padding = share of the positions a method puts through the model that are padding. "
-        f"MFU = tokens/s × 6·N / {result['matmul_gflops']:.1f} GFLOP/s (fp32 matmul rate measured here).",
+        f"MFU = tokens/s × 6·N / {result['matmul_gflops']:.1f} GFLOP/s (the {s['dtype']} matmul rate measured "
+        f"here: the bound of the dtype used). dtype: {s['dtype']} ({s.get('dtype_choice', {}).get('reason', 'asked for')}).",
         "",
         "| shape | method | calls | tokens | forward passes / call | padding | median s / call | tokens/s | MFU (6·N) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for shape, sc in result["scenarios"].items():
-        for key, name in (("ours", OURS), ("sft", SFT_NAME)):
-            r = sc[key]
+        for key in [k for k in NAMES if k in sc]:
+            r, name = sc[key], NAMES[key]
             lines.append(
                 f"| {shape} | {name} | {r['calls']} | {r['tokens']} | {r['forward_passes_per_call']:g} | "
                 f"{r['padding']:.1%} | {r['median_call_seconds']:.2f} | **{r['tokens_per_s']:.1f}** | "
@@ -301,9 +321,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"{b['reply_tokens_min_median_max'][2]}; largest relative loss difference between the two, call by "
             f"call: {sc['max_relative_loss_difference']:.1e}."
         )
+        if "compiled" in sc:
+            lines.append(
+                f"- {shape}, compiled head and losses: **{sc['compiled_speedup']:.2f}×** ours eager (largest relative "
+                f"loss difference {sc['compiled_max_relative_loss_difference']:.1e})."
+            )
+    if s.get("compile_loss"):
+        w = s["warmup_seconds"]
+        lines.append(f"- The warm-up call (compilation included) took {w['compiled']:.1f} s compiled against "
+                     f"{w['ours']:.1f} s eager.")
     lines += [
         "",
-        f"Peak RSS of the whole process (both agents loaded): {result['peak_rss_mib']:.0f} MiB.",
+        f"Peak RSS of the whole process (all agents loaded): {result['peak_rss_mib']:.0f} MiB.",
         "",
         "## Notes",
         "",
@@ -323,10 +352,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(f"[training_speed] {message}", flush=True)
 
-    log(f"loading {MODEL} (fp32), {args.threads} thread(s), {device}")
-    model, tokenizer = load_model(MODEL, dtype=torch.float32)
+    dtype, dtype_choice = resolve_dtype(args.dtype, device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    log(f"loading {MODEL} ({dtype_name}: {dtype_choice['reason']}), {args.threads} thread(s), {device}")
+    model, tokenizer = load_model(MODEL, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
-    twin, _ = load_model(MODEL, dtype=torch.float32)
+    twin, _ = load_model(MODEL, dtype=dtype)
     builder = BatchBuilder(tokenizer, args.seed)
     shapes = {
         "uniform": [builder.uniform(args.rows, args.uniform_reply) for _ in range(args.batches)],
@@ -354,23 +385,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with torch.no_grad():
         for name, p in actor_lora(ours).items():
             theirs[name].copy_(p)
+    agents = {"ours": ours, "sft": sft}
+    if args.compile_loss:
+        agents["compiled"] = SelfSFT(
+            actor_network=load_model(MODEL, dtype=dtype)[0], lora_config=lora_config(), tokenizer=tokenizer,
+            seed=args.seed, micro_batch_tokens=args.micro_batch_tokens, **shared,
+        )
+        with torch.no_grad():
+            for name, p in actor_lora(agents["compiled"]).items():
+                p.copy_(actor_lora(ours)[name])
+        agents["compiled"].token_losses = torch.compile(token_losses, dynamic=True)
     lora_params = sum(p.numel() for p in actor_lora(ours).values())
     forwards = count_forwards(ours)
+    compiled_forwards = count_forwards(agents["compiled"]) if args.compile_loss else []
     gc_start = time.perf_counter()
     gc.collect()
     gc_seconds = time.perf_counter() - gc_start
 
     load_before = machine_load()
     log(f"machine load before the runs: {json.dumps(load_before)}")
-    gflops_before = matmul_gflops()
-    log(f"fp32 matmul: {gflops_before:.1f} GFLOP/s")
+    gflops_before = matmul_gflops(dtype=dtype)
+    log(f"{dtype_name} matmul: {gflops_before:.1f} GFLOP/s")
 
     def run(key: str, batch: dict[str, Any]) -> dict[str, Any]:
-        forwards.clear()
-        agent = ours if key == "ours" else sft
-        seconds, out = timed_learn(agent, batch, device)
+        counted = compiled_forwards if key == "compiled" else forwards
+        counted.clear()
+        seconds, out = timed_learn(agents[key], batch, device)
         tokens = int(batch["attention_mask"].sum())
-        if key == "ours":
+        if key != "sft":
             computed = round(out["tokens"] / (1 - out["padding"]))
             assert int(out["tokens"]) == tokens, (out["tokens"], tokens)
         else:
@@ -379,20 +421,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seconds": seconds,
             "tokens": tokens,
             "computed_tokens": computed,
-            "forward_passes": len(forwards) if key == "ours" else 1,
+            "forward_passes": len(counted) if key != "sft" else 1,
             "loss": out["loss"],
         }
 
     log("warm-up")
-    for key in ("ours", "sft"):
-        run(key, warmup)
+    warmup_seconds = {key: run(key, warmup)["seconds"] for key in agents}
 
     scenarios: dict[str, Any] = {}
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"ours": [], "sft": []} for s in shapes}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {k: [] for k in agents} for s in shapes}
     for rep in range(args.repeats):
         for shape, batches in shapes.items():
             for i, batch in enumerate(batches):
-                order = ("ours", "sft") if (rep + i) % 2 == 0 else ("sft", "ours")
+                order = list(agents) if (rep + i) % 2 == 0 else list(reversed(agents))
                 for key in order:
                     r = run(key, batch)
                     r["round"], r["batch"] = rep, i
@@ -401,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{r['seconds']:.2f} s = {r['tokens'] / r['seconds']:.1f} tokens/s, padding "
                         f"{1 - r['tokens'] / r['computed_tokens']:.1%}, loss {r['loss']:.4f}")
 
-    gflops_after = matmul_gflops()
+    gflops_after = matmul_gflops(dtype=dtype)
     gflops = (gflops_before + gflops_after) / 2
     load_after = machine_load()
     peak_rss = peak_rss_mib()
@@ -413,9 +454,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ours": o,
             "sft": f,
             "speedup": o["tokens_per_s"] / f["tokens_per_s"],
-            "goal": 1.0 if shape == "uniform" else 1.5,
+            "goal": 1.0 if shape == "uniform" else 2.0,
             "max_relative_loss_difference": max(diffs),
         }
+        if "compiled" in agents:
+            c = summarise(runs[shape]["compiled"], n_params, gflops)
+            scenarios[shape]["compiled"] = c
+            scenarios[shape]["compiled_speedup"] = c["tokens_per_s"] / o["tokens_per_s"]
+            scenarios[shape]["compiled_max_relative_loss_difference"] = max(
+                abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(c["runs"], o["runs"], strict=True)
+            )
 
     notes = [
         "6·N is the usual training-FLOP estimate per token (forward 2·N, backward 4·N). With LoRA the frozen base "
@@ -444,7 +492,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": command_line(),
         "settings": {
             "model": MODEL,
-            "dtype": "float32",
+            "dtype": dtype_name,
+            "dtype_choice": dtype_choice,
+            "compile_loss": args.compile_loss,
+            "warmup_seconds": warmup_seconds,
             "device": device,
             "n_params": n_params,
             "lora_trainable_params": lora_params,
@@ -476,13 +527,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "training_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "training_speed.md").write_text(markdown(result))
+    stem = "training_speed" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
     for shape, sc in scenarios.items():
         log(f"{shape}: ours {sc['ours']['tokens_per_s']:.1f} tokens/s (padding {sc['ours']['padding']:.1%}, MFU "
             f"{sc['ours']['mfu_6n']:.1%}), SFT {sc['sft']['tokens_per_s']:.1f} tokens/s (padding "
             f"{sc['sft']['padding']:.1%}, MFU {sc['sft']['mfu_6n']:.1%}): speed-up {sc['speedup']:.2f}x")
-    log(f"peak RSS {peak_rss:.0f} MiB; wrote {out / 'training_speed.json'} and {out / 'training_speed.md'}")
+    log(f"peak RSS {peak_rss:.0f} MiB; wrote {out / stem}.json and .md")
     return result
 
 
