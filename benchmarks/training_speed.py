@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[training_speed] {message}", flush=True)
 
     dtype, dtype_choice = resolve_dtype(args.dtype, device)
-    dtype_name = str(dtype).removeprefix("torch.")
+    dtype_name = dtype_choice["dtype"]
     log(f"loading {MODEL} ({dtype_name}: {dtype_choice['reason']}), {args.threads} thread(s), {device}")
     model, tokenizer = load_model(MODEL, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
@@ -375,26 +375,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": device,
         "gradient_checkpointing": checkpointing,
     }
-    ours = SelfSFT(
-        actor_network=model, lora_config=lora_config(), tokenizer=tokenizer, seed=args.seed,
-        micro_batch_tokens=args.micro_batch_tokens, **shared,
-    )
+    def selfsft(network: Any) -> SelfSFT:
+        return SelfSFT(actor_network=network, lora_config=lora_config(), tokenizer=tokenizer, seed=args.seed,
+                       micro_batch_tokens=args.micro_batch_tokens, **shared)
+
+    ours = selfsft(model)
     torch.manual_seed(args.seed)
-    sft = SFT(actor_network=twin, lora_config=lora_config(), seed=args.seed, **shared)
-    theirs = actor_lora(sft)
-    with torch.no_grad():
-        for name, p in actor_lora(ours).items():
-            theirs[name].copy_(p)
-    agents = {"ours": ours, "sft": sft}
+    agents = {"ours": ours, "sft": SFT(actor_network=twin, lora_config=lora_config(), seed=args.seed, **shared)}
     if args.compile_loss:
-        agents["compiled"] = SelfSFT(
-            actor_network=load_model(MODEL, dtype=dtype)[0], lora_config=lora_config(), tokenizer=tokenizer,
-            seed=args.seed, micro_batch_tokens=args.micro_batch_tokens, **shared,
-        )
-        with torch.no_grad():
-            for name, p in actor_lora(agents["compiled"]).items():
-                p.copy_(actor_lora(ours)[name])
+        agents["compiled"] = selfsft(load_model(MODEL, dtype=dtype)[0])
         agents["compiled"].token_losses = torch.compile(token_losses, dynamic=True)
+    with torch.no_grad():  # every agent starts from ours' adapter values
+        for key, agent in agents.items():
+            if key != "ours":
+                for name, p in actor_lora(agent).items():
+                    p.copy_(actor_lora(ours)[name])
     lora_params = sum(p.numel() for p in actor_lora(ours).values())
     forwards = count_forwards(ours)
     compiled_forwards = count_forwards(agents["compiled"]) if args.compile_loss else []
