@@ -34,12 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "agilerl_selfsft/configs/capitals.yaml"
 
 
-def run_demo(source: Path, out: Path, threads: int, log: Path) -> float:
-    """The demo of the checkout ``source`` into ``out``; its wall time in seconds."""
-    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": str(threads)}
+def run_demo(source: Path, out: Path, threads: int, log: Path, config: Path | None = None,
+             env_extra: dict[str, str] | None = None) -> float:
+    """The demo of the checkout ``source`` into ``out`` (``config``, default the checkout's own demo config, with
+    ``env_extra`` in its environment); its wall time in seconds."""
+    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": str(threads), **(env_extra or {})}
+    config = source / CONFIG if config is None else config
     start = time.perf_counter()
     with log.open("w") as f:
-        subprocess.run([sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", str(source / CONFIG),
+        subprocess.run([sys.executable, "-m", "agilerl_selfsft.cli", "train", "--config", str(config),
                         "--output", str(out)], env=env, cwd=source, stdout=f, stderr=subprocess.STDOUT, check=True)
     return time.perf_counter() - start
 
