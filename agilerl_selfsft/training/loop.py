@@ -190,61 +190,63 @@ def finetune_llm_selfsft(
     progress = tqdm(total=iterations, initial=max(done, 0), desc="SelfSFT", unit="iteration",
                     disable=None if verbose else True)  # None: shown on a terminal only
 
-    if done < 0:  # iteration 0: the starting policy
-        tag = f"[SelfSFT 0/{iterations}]"
-        base = _evaluate(pop[0], env, evaluate_on, f"{tag} [Stage 5]", "the base policy ", verbose)
-        for agent in pop:
-            agent.metrics.add_fitness(base["eval_reward"])
-        metrics.record({"iteration": 0, **_clean(base), "train_reward": None, "kept": 0,
-                        "population": [_hp(a) for a in pop]})
+    with metrics, progress:  # closed (wandb finished, the bar ended) also when the loop raises
+        if done < 0:  # iteration 0: the starting policy
+            tag = f"[SelfSFT 0/{iterations}]"
+            base = _evaluate(pop[0], env, evaluate_on, f"{tag} [Stage 5]", "the base policy ", verbose)
+            for agent in pop:
+                agent.metrics.add_fitness(base["eval_reward"])
+            metrics.record({"iteration": 0, **_clean(base), "train_reward": None, "kept": 0,
+                            "population": [_hp(a) for a in pop]})
 
-    empty_streak = 0
-    for iteration in range(max(done, 0) + 1, iterations + 1):
-        tag = f"[SelfSFT {iteration}/{iterations}]"
-        tasks = env.sample_prompts(prompts_per_iteration)  # every agent answers the same prompts
-        members, samples = [], []
-        for agent in pop:
-            torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
-            who = tag + (f" [agent {agent.index}]" if len(pop) > 1 else "")
-            clock = StageClock()  # seconds_<stage> in the row: where the iteration's time went
-            with clock("generate"):
-                scored, generations, counted = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
-            if on_scored is not None and dp.is_main:
-                on_scored(iteration, agent, scored)
-            if verbose:
-                log_best_and_worst(who, scored, log_examples)
-            with clock("select"):
-                stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
-            samples += sample_rows(iteration, agent.index, scored, env.buffer) if dp.is_main else []
-            with clock("learn"):
-                learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose, restart_from_base)  # 4.
-            with clock("evaluate"):
-                evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
-            agent.metrics.add_fitness(evaluation["eval_reward"])
-            members.append(_member_row(agent, scored, generations, {**stats, **counted}, learned, evaluation,
-                                       dp.broadcast(clock.seconds)))  # the main process's clock, as wall_seconds
-        empty_streak = empty_streak + 1 if all(m["kept"] == 0 for m in members) else 0
-        if empty_streak > 1:
-            log.warning("%s Nothing passed the selection for %d iterations in a row: %s.",
-                        tag, empty_streak, EMPTY_HINT)
-        best = int(np.argmax([-math.inf if m["eval_reward"] is None else m["eval_reward"] for m in members]))
-        row = {"iteration": iteration, **{k: v for k, v in members[best].items() if k not in _hp(pop[best])},
-               "population": members}
-        elite = pop[best]
-        metrics.record_samples(iteration, samples, samples_per_iteration, seed)  # samples/iteration_NNNN.jsonl
-        metrics.record(row)  # before the checkpoint: a resume drops rows newer than its checkpoint, never misses one
-        if tournament is not None and mutation is not None and iteration % evo_steps == 0 and iteration < iterations:
-            elite, pop = _evolve(pop, env, tournament, mutation, tag, verbose)  # 6. (before the checkpoint)
-        if save_elite and run_dir is not None:  # 7. the elite, with the run state
-            path = save_iteration(elite, run_dir, iteration, keep_checkpoints, info={"eval_reward": row["eval_reward"]},
-                                  extra=lambda folder: write_state(folder, iteration, env, pop, mutation))
-            _info(verbose, "%s [Stage 7] Checkpoint saved: %s", tag, path)
-        progress.update()
-        if stop_after_empty is not None and empty_streak >= stop_after_empty:  # after this iteration is kept
-            raise SelfSFTError(f"nothing passed the selection for {empty_streak} iterations in a row "
-                               f"(iterations {iteration - empty_streak + 1}-{iteration}); {EMPTY_HINT}")
-    progress.close()
-    metrics.close()
+        empty_streak = 0
+        for iteration in range(max(done, 0) + 1, iterations + 1):
+            tag = f"[SelfSFT {iteration}/{iterations}]"
+            tasks = env.sample_prompts(prompts_per_iteration)  # every agent answers the same prompts
+            members, samples = [], []
+            for agent in pop:
+                torch.manual_seed(dp.rank_seed(seed + iteration * 1000 + agent.index))
+                who = tag + (f" [agent {agent.index}]" if len(pop) > 1 else "")
+                clock = StageClock()  # seconds_<stage> in the row: where the iteration's time went
+                with clock("generate"):
+                    scored, generations, counted = _generate(agent, env, tasks, iteration, who, verbose)  # 1-2.
+                if on_scored is not None and dp.is_main:
+                    on_scored(iteration, agent, scored)
+                if verbose:
+                    log_best_and_worst(who, scored, log_examples)
+                with clock("select"):
+                    stats = _select(agent, env, scored, iteration, who, verbose)  # 3.
+                samples += sample_rows(iteration, agent.index, scored, env.buffer) if dp.is_main else []
+                with clock("learn"):
+                    learned = _learn(agent, env, stats, sft_epochs, dp, iteration, who, verbose,  # 4.
+                                     restart_from_base)
+                with clock("evaluate"):
+                    evaluation = _evaluate(agent, env, evaluate_on, f"{who} [Stage 5]", "", verbose)  # 5.
+                agent.metrics.add_fitness(evaluation["eval_reward"])
+                members.append(_member_row(agent, scored, generations, {**stats, **counted}, learned, evaluation,
+                                           dp.broadcast(clock.seconds)))  # the main process's clock, as wall_seconds
+            empty_streak = empty_streak + 1 if all(m["kept"] == 0 for m in members) else 0
+            if empty_streak > 1:
+                log.warning("%s Nothing passed the selection for %d iterations in a row: %s.",
+                            tag, empty_streak, EMPTY_HINT)
+            best = int(np.argmax([-math.inf if m["eval_reward"] is None else m["eval_reward"] for m in members]))
+            row = {"iteration": iteration, **{k: v for k, v in members[best].items() if k not in _hp(pop[best])},
+                   "population": members}
+            elite = pop[best]
+            metrics.record_samples(iteration, samples, samples_per_iteration, seed)  # samples/iteration_NNNN.jsonl
+            metrics.record(row)  # before the checkpoint: a resume drops rows newer than it, never misses one
+            evolve = tournament is not None and mutation is not None and iteration % evo_steps == 0
+            if evolve and iteration < iterations:
+                elite, pop = _evolve(pop, env, tournament, mutation, tag, verbose)  # 6. (before the checkpoint)
+            if save_elite and run_dir is not None:  # 7. the elite, with the run state
+                path = save_iteration(elite, run_dir, iteration, keep_checkpoints,
+                                      info={"eval_reward": row["eval_reward"]},
+                                      extra=lambda folder: write_state(folder, iteration, env, pop, mutation))
+                _info(verbose, "%s [Stage 7] Checkpoint saved: %s", tag, path)
+            progress.update()
+            if stop_after_empty is not None and empty_streak >= stop_after_empty:  # after this iteration is kept
+                raise SelfSFTError(f"nothing passed the selection for {empty_streak} iterations in a row "
+                                   f"(iterations {iteration - empty_streak + 1}-{iteration}); {EMPTY_HINT}")
     return pop, metrics.history
 
 

@@ -97,10 +97,16 @@ class RunLog:
         if self.wandb_run is not None and rows:
             self.wandb_run.log({"samples/completions": samples_table(rows)}, step=iteration)
 
-    def close(self) -> None:
-        """Finish the wandb run and close the TensorBoard writer, if any."""
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> None:
+        self.close(failed=kind is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """Finish the wandb run (as failed, exit code 1, when ``failed``) and close the TensorBoard writer, if any."""
         if self.wandb_run is not None:
-            self.wandb_run.finish()
+            self.wandb_run.finish(exit_code=1 if failed else None)
         if self.tensorboard is not None:
             self.tensorboard.close()
 

@@ -94,6 +94,21 @@ def test_nothing_selected_skips_training(tiny_agent, tokenizer, tmp_path, caplog
     assert json.loads((tmp_path / "checkpoints" / "latest" / "selfsft.json").read_text())["iteration"] == 2
 
 
+def test_a_loop_that_raises_finishes_its_wandb_run_and_keeps_its_rows(tiny_agent, tokenizer, tmp_path):
+    """A run stopped by an error is not left open in wandb (the next ``wandb.init`` would join it), and what it
+    did before the error is on disk: the rows and the checkpoint of the iteration that finished."""
+    import wandb
+
+    run = tmp_path / "run"
+    with pytest.raises(SelfSFTError, match="nothing passed the selection for 1 iterations"):
+        finetune_llm_selfsft([tiny_agent], make_env(tokenizer, never), iterations=3, prompts_per_iteration=2,
+                             eval_samples=1, checkpoint_path=run, verbose=False, stop_after_empty=1, wb=True,
+                             wandb_config={"mode": "offline", "dir": str(tmp_path), "name": "raises"})
+    assert wandb.run is None  # finished, not left running
+    assert [r["iteration"] for r in read_metrics(run)] == [0, 1]
+    assert json.loads((run / "checkpoints" / "latest" / "selfsft.json").read_text())["iteration"] == 1
+
+
 def test_without_a_run_dir_nothing_is_written(tiny_agent, tokenizer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     env = make_env(tokenizer, even_length)
