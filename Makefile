@@ -50,8 +50,15 @@ demo: $(STAMP)
 demo-agent: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/agilerl-selfsft train --config agilerl_selfsft/configs/capital_agent.yaml --output runs/capital_agent
 
+# The stacks pin the same torch and transformers and differ in agilerl, peft and deepspeed, so on 2.58 the suite
+# leaves out the tests that touch none of those three: the data readers, the rule-based rewards and their sandbox,
+# and the static architecture checks (they ran on 2.10). A new test file runs on both stacks unless named here.
+SKIP_2.58 := tests/data tests/rewards/test_code_rewards.py tests/rewards/test_sandbox.py \
+	tests/rewards/test_scoring.py tests/rewards/test_vote.py tests/test_architecture.py
+SKIP ?= $(SKIP_$(AGILERL))
+
 test: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q --durations=15 $(addprefix --ignore=,$(SKIP))
 
 # The suite on both AgileRL stacks, one after the other.
 test-all:
