@@ -59,7 +59,7 @@ from transformers import (
 
 from agilerl_selfsft.generation.attention import grouped_decode_attention
 from agilerl_selfsft.generation.folding import merged_lora, unwrapped
-from agilerl_selfsft.generation.kv_cache import RESERVE, joinable, left_pad, reserve
+from agilerl_selfsft.generation.kv_cache import RESERVE, cut_leading, join_layers, joinable, left_pad, reserve
 from agilerl_selfsft.samples import Generations
 
 
@@ -243,15 +243,14 @@ class _Rows:
         first = int(self.mask.any(0).int().argmax())  # leading columns padded for rows that have left
         if first and joinable(self.cache):
             for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                cut_leading(layer, first)
             self.mask = self.mask[:, first:]
 
     def join(self, other: _Rows) -> None:
         """Append ``other``'s rows, left-padding the shorter cache (masked out) to the longer one's length."""
         length = max(self.mask.shape[1], other.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([left_pad(mine.keys, length), left_pad(theirs.keys, length)])
-            mine.values = torch.cat([left_pad(mine.values, length), left_pad(theirs.values, length)])
+            join_layers(mine, theirs, length)  # one copy of each row set, into a buffer with room
         self.mask = torch.cat([left_pad(self.mask, length), left_pad(other.mask, length)])
         for name in ("logits", "position", "live", "count", "done"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
@@ -277,7 +276,8 @@ class _Loop:
         shared = 0
         if share:
             shared = _common_prefix_length(prompts) if len(prompts) > 1 else len(prompts[0]) - 1
-            if len(prompts) > 1 and self.window is not None and len(prompts[-1]) + sampling.max_new_tokens >= self.window:
+            longest = len(prompts[-1]) + sampling.max_new_tokens
+            if len(prompts) > 1 and self.window is not None and longest >= self.window:
                 shared = 0  # padding between prefix and suffix would sit inside a row's window (see step 2)
         if shared:  # 1. the shared prefix, once
             ids = torch.tensor([prompts[0][:shared]], device=self.device)
@@ -344,9 +344,10 @@ class _Loop:
             input_ids=ids, attention_mask=mask, position_ids=positions[:, shared:], past_key_values=cache,
             use_cache=True, logits_to_keep=1,
         )
-        out.past_key_values.batch_repeat_interleave(k)
-        if self.reserve:
-            reserve(out.past_key_values, min(self.sampling.max_new_tokens, RESERVE))  # steps write in place
+        if self.reserve and joinable(out.past_key_values):  # K rows and room in one copy: steps write in place
+            reserve(out.past_key_values, min(self.sampling.max_new_tokens, RESERVE), repeat=k)
+        else:
+            out.past_key_values.batch_repeat_interleave(k)
         live = (torch.tensor(indices, device=self.device)[:, None] * k + torch.arange(k, device=self.device)).flatten()
         return _Rows(
             cache=out.past_key_values,

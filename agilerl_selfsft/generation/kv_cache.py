@@ -3,10 +3,13 @@
 ``DynamicLayer.update`` appends a step's keys and values with ``torch.cat``, which copies the layer's whole cache
 on every decode step. :class:`ReservedLayer` keeps its keys and values in buffers with spare columns: a step
 writes its column in place and attention reads a view of the filled part, so the cache is copied only when
-the room runs out (every :data:`RESERVE` steps at most), when rows are joined, or when leading padding is cut.
-Dropping finished rows gathers the buffers, room included, so that costs no extra copy either.
+the room runs out (every :data:`RESERVE` steps at most) or when rows are joined. Admissions copy as little as
+they can: a prefilled prompt's cache goes into its K rows and its room in one copy (:func:`reserve`), a join
+writes both row sets straight into one buffer with room (:func:`join_layers`, no padded intermediates), and
+cutting leading padding is a view (:func:`cut_leading`). Dropping finished rows gathers the buffers, room
+included, so that costs no extra copy either.
 
-Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods, the loop's joins) gets
+Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods) gets
 a tight buffer of exactly what it assigned: behaviour never depends on the reservation, only speed does.
 """
 
@@ -30,11 +33,12 @@ class ReservedLayer(DynamicLayer):
         super().__init__()
 
     @classmethod
-    def of(cls, layer: DynamicLayer, room: int = RESERVE) -> ReservedLayer:
-        """``layer``'s cache with ``room`` columns reserved (one copy)."""
+    def of(cls, layer: DynamicLayer, room: int = RESERVE, repeat: int = 1) -> ReservedLayer:
+        """``layer``'s cache with ``room`` columns reserved and each row repeated ``repeat`` times, as
+        ``batch_repeat_interleave`` repeats them (one copy)."""
         new = cls(room)
         new.dtype, new.device, new.is_initialized = layer.dtype, layer.device, layer.is_initialized
-        new._keys, new._values = _with_room(layer.keys, room), _with_room(layer.values, room)
+        new._keys, new._values = _with_room(layer.keys, room, repeat), _with_room(layer.values, room, repeat)
         new._length = new._values_length = layer.keys.shape[-2]
         return new
 
@@ -78,18 +82,57 @@ class ReservedLayer(DynamicLayer):
             self._keys, self._values = self._keys[indices], self._values[indices]  # the lengths stay
 
 
-def _with_room(t: torch.Tensor, room: int) -> torch.Tensor:
-    """A copy of ``t`` (…, seq, dim) with ``room`` more (unset) sequence columns."""
-    out = t.new_empty((*t.shape[:-2], t.shape[-2] + room, t.shape[-1]))
-    out[..., : t.shape[-2], :] = t
+def _with_room(t: torch.Tensor, room: int, repeat: int = 1) -> torch.Tensor:
+    """A copy of ``t`` (rows, heads, seq, dim), each row ``repeat`` times in a row, with ``room`` more (unset)
+    sequence columns."""
+    rows, heads, seq, dim = t.shape
+    out = t.new_empty((rows * repeat, heads, seq + room, dim))
+    out.view(rows, repeat, heads, seq + room, dim)[:, :, :, :seq] = t[:, None]
     return out
 
 
-def reserve(cache: object, room: int) -> None:
-    """Swap every plain ``DynamicLayer`` of ``cache`` for a :class:`ReservedLayer` with ``room`` columns."""
+def _stacked(parts: list[torch.Tensor], length: int, room: int) -> torch.Tensor:
+    """The rows of ``parts`` ((rows, heads, seq, dim) each) in one new tensor of ``length + room`` columns, each
+    part left-padded with zeros to ``length``: every part is copied once, straight into place."""
+    first = parts[0]
+    out = first.new_empty((sum(p.shape[0] for p in parts), first.shape[1], length + room, first.shape[-1]))
+    row = 0
+    for p in parts:
+        n, pad = p.shape[0], length - p.shape[-2]
+        out[row : row + n, :, :pad] = 0
+        out[row : row + n, :, pad:length] = p
+        row += n
+    return out
+
+
+def reserve(cache: object, room: int, repeat: int = 1) -> None:
+    """Swap every layer of ``cache``, when all are plain growing ones (:func:`joinable`), for a
+    :class:`ReservedLayer` with ``room`` columns and each row repeated ``repeat`` times (one copy each)."""
     layers = getattr(cache, "layers", None)
     if layers is not None and joinable(cache):
-        layers[:] = [ReservedLayer.of(layer, room) if type(layer) is DynamicLayer else layer for layer in layers]
+        layers[:] = [ReservedLayer.of(layer, room, repeat) for layer in layers]
+
+
+def join_layers(mine: DynamicLayer, theirs: DynamicLayer, length: int) -> None:
+    """Append ``theirs``'s rows to ``mine``'s, both left-padded (zeros) to ``length`` columns; a
+    :class:`ReservedLayer` gets its room again in the same copy."""
+    room = mine.room if isinstance(mine, ReservedLayer) else 0
+    keys = _stacked([mine.keys, theirs.keys], length, room)
+    values = _stacked([mine.values, theirs.values], length, room)
+    if isinstance(mine, ReservedLayer):
+        mine._keys, mine._values, mine._length, mine._values_length = keys, values, length, length
+    else:
+        mine.keys, mine.values = keys, values
+
+
+def cut_leading(layer: DynamicLayer, columns: int) -> None:
+    """Drop the first ``columns`` sequence columns of every row (a view: nothing is copied, the room stays)."""
+    if isinstance(layer, ReservedLayer):
+        layer._keys, layer._values = layer._keys[:, :, columns:], layer._values[:, :, columns:]
+        layer._length -= columns
+        layer._values_length -= columns
+    else:
+        layer.keys, layer.values = layer.keys[:, :, columns:], layer.values[:, :, columns:]
 
 
 def joinable(cache: object) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from agilerl_selfsft.generation.kv_cache import ReservedLayer, joinable, left_pad
+from agilerl_selfsft.generation.kv_cache import ReservedLayer, cut_leading, join_layers, joinable, left_pad
 
 
 def _poison(layer: ReservedLayer) -> None:
@@ -40,22 +40,54 @@ def test_steps_selects_joins_and_cuts_give_what_dynamic_layer_gives():
     _same(reserved, plain)
     other = DynamicLayer()
     other.update(*kv(1, 12))
-    for layer in (plain, reserved):  # the loop's join: keys first, then values, each left-padded
-        length = max(layer.keys.shape[-2], other.keys.shape[-2])
-        layer.keys = torch.cat([left_pad(layer.keys, length), left_pad(other.keys, length)])
-        layer.values = torch.cat([left_pad(layer.values, length), left_pad(other.values, length)])
-    _same(reserved, plain)
-    new = kv(3, 1)
-    plain.update(*new)
-    reserved.update(*new)
+    length = max(plain.keys.shape[-2], other.keys.shape[-2])  # the join as it was: left-pad both, then cat
+    plain.keys = torch.cat([left_pad(plain.keys, length), left_pad(other.keys, length)])
+    plain.values = torch.cat([left_pad(plain.values, length), left_pad(other.values, length)])
+    join_layers(reserved, other, length)  # the loop's join: straight into a buffer with room
+    assert reserved._keys.shape[-2] == length + 2
     _poison(reserved)
-    for layer in (plain, reserved):  # the loop's cut of leading padding
-        layer.keys, layer.values = layer.keys[:, :, 3:], layer.values[:, :, 3:]
+    _same(reserved, plain)
     new = kv(3, 1)
+    plain.update(*new)
+    reserved.update(*new)  # in the room the join left
+    _poison(reserved)
+    _same(reserved, plain)
+    plain.keys, plain.values = plain.keys[:, :, 3:], plain.values[:, :, 3:]  # the cut of leading padding
+    cut_leading(reserved, 3)
+    _poison(reserved)
+    for _ in range(3):  # the room left after the cut, then growing
+        new = kv(3, 1)
+        plain.update(*new)
+        reserved.update(*new)
+        _poison(reserved)
+        _same(reserved, plain)
+    assert not torch.isnan(reserved.keys).any() and not torch.isnan(reserved.values).any()
+
+
+def test_a_prefill_goes_into_its_k_rows_as_batch_repeat_interleave_puts_it():
+    torch.manual_seed(0)
+    plain = DynamicLayer()
+    plain.update(torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4))
+    reserved = ReservedLayer.of(plain, room=3, repeat=4)
+    _poison(reserved)
+    plain.batch_repeat_interleave(4)
+    _same(reserved, plain)
+    assert reserved._keys.shape == (8, 3, 8, 4)
+    new = torch.randn(8, 3, 1, 4), torch.randn(8, 3, 1, 4)
     plain.update(*new)
     reserved.update(*new)
     _same(reserved, plain)
-    assert not torch.isnan(reserved.keys).any() and not torch.isnan(reserved.values).any()
+
+
+def test_a_join_into_a_plain_layer_equals_padding_and_concatenating():
+    torch.manual_seed(0)
+    mine, theirs = DynamicLayer(), DynamicLayer()
+    mine.update(torch.randn(3, 2, 7, 4), torch.randn(3, 2, 7, 4))
+    theirs.update(torch.randn(2, 2, 4, 4), torch.randn(2, 2, 4, 4))
+    keys = torch.cat([mine.keys, left_pad(theirs.keys, 7)])
+    values = torch.cat([mine.values, left_pad(theirs.values, 7)])
+    join_layers(mine, theirs, 7)
+    assert torch.equal(mine.keys, keys) and torch.equal(mine.values, values)
 
 
 def test_a_step_in_the_room_writes_in_place():
