@@ -100,11 +100,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
                             capture_output=True, text=True).stdout.strip()
     load_before = machine_load()
-    result: dict[str, Any] = {"benchmark": "demo_dtype", "commit": commit, "seeds": seeds, "threads": args.threads,
+    result: dict[str, Any] = {"benchmark": "demo_dtype", "commit": commit, "seeds": [], "threads": args.threads,
                               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "command": command_line(), "runs": {d: [] for d in DTYPES}}
     with tempfile.TemporaryDirectory(prefix="demo_dtype_") as tmp:
@@ -123,6 +122,13 @@ def main() -> None:
                 result["runs"][dtype].append({"seed": seed, **summary(rows, wall)})
                 print(f"[demo_dtype] {name}: {wall / 60:.1f} min, gain {result['runs'][dtype][-1]['gain']:+.3f}",
                       flush=True)
+            write(result, out, load_before, args.threads)  # after every pair: a cut-short session keeps its seeds
+    print(f"[demo_dtype] wrote {out}/result.json and README.md", flush=True)
+
+
+def write(result: dict[str, Any], out: Path, load_before: dict[str, Any], threads: int) -> None:
+    """Aggregate the runs so far and write ``result.json`` and ``README.md``."""
+    seeds = result["seeds"] = [r["seed"] for r in result["runs"]["bfloat16"]]
     agg = {d: aggregate(result["runs"][d]) for d in DTYPES}
     fp32, bf16 = agg["float32"], agg["bfloat16"]
     diff_se = None
@@ -132,11 +138,10 @@ def main() -> None:
     result["comparison"] = {"speedup": round(fp32["wall_mean_s"] / bf16["wall_mean_s"], 3),
                             "gain_difference": round(bf16["gain_mean"] - fp32["gain_mean"], 4),
                             "gain_difference_se": diff_se}
-    result["machine"] = machine_info(args.threads)
+    result["machine"] = machine_info(threads)
     result["machine_load"] = {"before": load_before, "after": machine_load()}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "README.md").write_text(markdown(result))
-    print(f"[demo_dtype] wrote {out}/result.json and README.md", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from transformers import (
 
 from agilerl_selfsft.generation.attention import grouped_decode_attention
 from agilerl_selfsft.generation.folding import merged_lora, unwrapped
-from agilerl_selfsft.generation.kv_cache import RESERVE, cut_leading, join_layers, joinable, left_pad, reserve
+from agilerl_selfsft.generation.kv_cache import RESERVE, join_layers, joinable, left_pad, reserve
 from agilerl_selfsft.samples import Generations
 
 
@@ -243,7 +243,7 @@ class _Rows:
         first = int(self.mask.any(0).int().argmax())  # leading columns padded for rows that have left
         if first and joinable(self.cache):
             for layer in self.cache.layers:
-                cut_leading(layer, first)
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
             self.mask = self.mask[:, first:]
 
     def join(self, other: _Rows) -> None:

@@ -3,11 +3,12 @@
 ``DynamicLayer.update`` appends a step's keys and values with ``torch.cat``, which copies the layer's whole cache
 on every decode step. :class:`ReservedLayer` keeps its keys and values in buffers with spare columns: a step
 writes its column in place and attention reads a view of the filled part, so the cache is copied only when
-the room runs out (every :data:`RESERVE` steps at most) or when rows are joined. Admissions copy as little as
-they can: a prefilled prompt's cache goes into its K rows and its room in one copy (:func:`reserve`), a join
-writes both row sets straight into one buffer with room (:func:`join_layers`, no padded intermediates), and
-cutting leading padding is a view (:func:`cut_leading`). Dropping finished rows gathers the buffers, room
-included, so that costs no extra copy either.
+the room runs out (every :data:`RESERVE` steps at most), when rows are joined, or when leading padding is cut.
+Admissions copy as little as they can: a prefilled prompt's cache goes into its K rows and its room in one copy
+(:func:`reserve`), and a join writes both row sets straight into one buffer with room (:func:`join_layers`, no
+padded intermediates). Dropping finished rows gathers the buffers, room included, so that costs no extra copy
+either. (Cutting leading padding as a view instead of a copy kept the old buffer alive for up to
+:data:`RESERVE` steps; it is a copy.)
 
 Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods) gets
 a tight buffer of exactly what it assigned: behaviour never depends on the reservation, only speed does.
@@ -123,16 +124,6 @@ def join_layers(mine: DynamicLayer, theirs: DynamicLayer, length: int) -> None:
         mine._keys, mine._values, mine._length, mine._values_length = keys, values, length, length
     else:
         mine.keys, mine.values = keys, values
-
-
-def cut_leading(layer: DynamicLayer, columns: int) -> None:
-    """Drop the first ``columns`` sequence columns of every row (a view: nothing is copied, the room stays)."""
-    if isinstance(layer, ReservedLayer):
-        layer._keys, layer._values = layer._keys[:, :, columns:], layer._values[:, :, columns:]
-        layer._length -= columns
-        layer._values_length -= columns
-    else:
-        layer.keys, layer.values = layer.keys[:, :, columns:], layer.values[:, :, columns:]
 
 
 def joinable(cache: object) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from agilerl_selfsft.generation.kv_cache import ReservedLayer, cut_leading, join_layers, joinable, left_pad
+from agilerl_selfsft.generation.kv_cache import ReservedLayer, join_layers, joinable, left_pad
 
 
 def _poison(layer: ReservedLayer) -> None:
@@ -52,8 +52,8 @@ def test_steps_selects_joins_and_cuts_give_what_dynamic_layer_gives():
     reserved.update(*new)  # in the room the join left
     _poison(reserved)
     _same(reserved, plain)
-    plain.keys, plain.values = plain.keys[:, :, 3:], plain.values[:, :, 3:]  # the cut of leading padding
-    cut_leading(reserved, 3)
+    for layer in (plain, reserved):  # the loop's cut of leading padding
+        layer.keys, layer.values = layer.keys[:, :, 3:], layer.values[:, :, 3:]
     _poison(reserved)
     for _ in range(3):  # the room left after the cut, then growing
         new = kv(3, 1)
