@@ -12,7 +12,8 @@ It reports, per dtype, the held-out gain (last evaluation minus the base evaluat
 standard deviation, the wall time and where it went; and the difference of the mean gains with its standard error
 (from the seeds' spread), the measure of "within noise".
 
-Writes ``result.json`` and ``README.md`` to ``--output-dir`` (default ``benchmarks/results/demo_dtype``).
+Writes ``result.json`` and ``README.md`` to ``--output-dir`` (default ``benchmarks/results/demo_dtype``) after
+every pair of runs; ``--resume`` keeps the seeds already there and runs the others.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results" / "demo_dtype")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of --output-dir's result.json and run only the seeds it lacks")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.output_dir
@@ -106,6 +109,13 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "demo_dtype", "commit": commit, "seeds": [], "threads": args.threads,
                               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "command": command_line(), "runs": {d: [] for d in DTYPES}}
+    if args.resume and (out / "result.json").exists():
+        earlier = json.loads((out / "result.json").read_text())
+        done = set(earlier["seeds"])
+        result["runs"] = {d: [r for r in earlier["runs"][d] if r["seed"] in done] for d in DTYPES}
+        result["commit"] = f"{earlier['commit']} (seeds {', '.join(map(str, sorted(done)))}), {commit}"
+        result["date"] = f"{earlier['date']}, resumed {result['date']}"
+        seeds = [s for s in seeds if s not in done]
     with tempfile.TemporaryDirectory(prefix="demo_dtype_") as tmp:
         for seed in seeds:
             for dtype in DTYPES:
