@@ -10,8 +10,8 @@ padded intermediates). Dropping finished rows gathers the buffers, room included
 either. (Cutting leading padding as a view instead of a copy kept the old buffer alive for up to
 :data:`RESERVE` steps; it is a copy.)
 
-Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods) gets
-a tight buffer of exactly what it assigned: behaviour never depends on the reservation, only speed does.
+Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods, the loop's cut of leading
+padding) gets a tight buffer of exactly what it assigned: behaviour never depends on the reservation, only speed does.
 """
 
 from __future__ import annotations
