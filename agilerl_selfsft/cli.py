@@ -78,6 +78,8 @@ def build(config: Any):  # noqa: ANN201 -- (pop, env)
         max_model_len=limit + config.max_new_tokens,
         gradient_checkpointing=device.type == "cuda",  # on CPU it only costs time at these sizes
     )
+    for member in pop:  # a plain attribute (clones and checkpoints carry it)
+        member.reference_cache_mb = config.reference_cache_mb
     env = SelfSFTGym(
         train, held_out, tokenizer, reward, agent=agent, data_batch_size_per_gpu=config.batch_size,
         selection=s.strategy, threshold=s.threshold, top_k=s.top_k, top_fraction=s.top_fraction,

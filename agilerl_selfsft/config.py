@@ -227,6 +227,9 @@ class Config(_Strict):
     batch_size: int = Field(16, ge=1)
     sft_epochs: int = Field(2, ge=1)
     kl_coef: float = Field(0.0, ge=0)
+    reference_cache_mb: float = Field(
+        1024.0, ge=0, description="host memory for the reference's hidden states kept per sample (0: recompute)"
+    )
     lora: LoraSettings = LoraSettings()
     population: int = Field(1, ge=1)
     evolution: EvolutionSettings = EvolutionSettings()

@@ -213,6 +213,16 @@ def test_the_efficiency_settings_reach_the_environment_and_the_loop(workdir, tin
     assert all("informative_prompts" in r and "eval_pass@1" in r for r in rows)
 
 
+def test_the_reference_cache_budget_reaches_every_member_and_their_clones(workdir, tiny_model_dir):
+    from agilerl_selfsft.cli import build
+    from agilerl_selfsft.config import load_config
+
+    assert load_config(write_config(workdir, tiny_model_dir)).reference_cache_mb == 1024  # the default
+    pop, _ = build(load_config(write_config(workdir, tiny_model_dir, population=2, reference_cache_mb=3)))
+    assert [a.reference_cache_mb for a in pop] == [3, 3]
+    assert pop[0].clone(index=5).reference_cache_mb == 3  # tournament and mutation clones keep it
+
+
 def test_a_bf16_policy_keeps_fp32_adapters_and_learns(workdir, tiny_model_dir):
     # bf16 applies to the base weights; the trained LoRA parameters (and so the optimizer's state) stay fp32
     from agilerl_selfsft.cli import build

@@ -6,7 +6,9 @@
 without DeepSpeed, one optimizer step, through AgileRL's ``_backward_pass``) per micro-batch. What changes is
 how a micro-batch goes through the model: in length buckets (:mod:`agilerl_selfsft.algorithm.batching`), with logits
 only where a label is read. Its housekeeping is SFT's too: every call starts by collecting garbage and emptying the
-CUDA (and MPS) allocator caches, as ``SFT.learn`` does.
+CUDA (and MPS) allocator caches, as ``SFT.learn`` does. With a KL term, the frozen reference's hidden states of a
+sample are computed the first time it is learned from and kept for its later epochs and replays
+(:mod:`agilerl_selfsft.algorithm.reference_cache`; ``reference_cache_mb`` 0 recomputes them every step).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from agilerl_selfsft.agilerl_adapter import (
     is_sharded,
     learn_phase_seconds,
     learn_phases,
+    unwrapped_actor,
+    world_and_rank,
 )
 
 from agilerl_selfsft.algorithm.batching import DEFAULT_MAX_PADDING, Bucket, padding_fraction, plan_buckets, row_extents
+from agilerl_selfsft.algorithm.reference_cache import DEFAULT_REFERENCE_CACHE_MB, ReferenceCache, row_keys
 
 
 def token_losses(
@@ -73,6 +78,11 @@ class BucketedLearning:
     micro_batch_tokens: int | None
     #: most padding a micro-batch's length buckets may compute, as a share of computed tokens
     bucket_max_padding: float = DEFAULT_MAX_PADDING
+    #: host memory (MiB) for the reference's hidden states kept per sample (0: recompute them every step); see
+    #: :mod:`agilerl_selfsft.algorithm.reference_cache`
+    reference_cache_mb: float = DEFAULT_REFERENCE_CACHE_MB
+    _reference_cache: ReferenceCache | None = None  # the agent's own (a clone starts empty)
+    _active_reference_cache: ReferenceCache | None = None  # the one this learn call uses, None when off
 
     def learn(self, experiences: dict[str, Any], training: bool = True) -> dict[str, float]:
         """Response-only cross-entropy (plus ``kl_coef`` × KL to the reference) on one batch.
@@ -97,6 +107,7 @@ class BucketedLearning:
         """
         release_cached_memory()
         phases = learn_phases(self)
+        self._active_reference_cache = self._checked_reference_cache()
         input_ids = experiences["input_ids"]
         attention_mask = experiences["attention_mask"].long()
         mask = experiences.get("loss_mask")
@@ -235,12 +246,55 @@ class BucketedLearning:
         hidden, lm_head = self._hidden_at(kwargs, keep)
         ref_hidden = None
         if self.kl_coef > 0 and targets.numel():
-            with torch.no_grad(), self.select_adapter("reference"):
-                self.actor.train(mode=False)  # no LoRA dropout in the anchor
-                ref_hidden, _ = self._hidden_at(kwargs, keep)
-                self.actor.train(mode=training)
+            ref_hidden = self._reference_hidden(kwargs, keep)
+            self.actor.train(mode=training)
         with gather_lm_head(self, lm_head) as (weight, bias):
             return self.token_losses(hidden, weight, bias, targets, ref_hidden)
+
+    def _reference_pass(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+        """The reference adapter's hidden states ``(N, H)`` at the positions where ``keep`` is true (no gradient,
+        no LoRA dropout)."""
+        with torch.no_grad(), self.select_adapter("reference"):
+            self.actor.train(mode=False)  # no LoRA dropout in the anchor
+            return self._hidden_at(model_kwargs, keep)[0]
+
+    def _reference_hidden(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> torch.Tensor:
+        """:meth:`_reference_pass`, with rows the cache holds taken from it: only the others run (cut to their
+        own longest) and are kept."""
+        cache = self._active_reference_cache
+        if cache is None:
+            return self._reference_pass(model_kwargs, keep)
+        mask = model_kwargs["attention_mask"]
+        keys = row_keys(model_kwargs["input_ids"], mask, keep)
+        missing = [i for i, key in enumerate(keys) if key not in cache]
+        fresh: dict[bytes, torch.Tensor] = {}
+        if missing:
+            length = int(mask[missing].sum(dim=1).max())
+            sub = {name: value[missing, :length] if torch.is_tensor(value) else value
+                   for name, value in model_kwargs.items()}
+            sub_keep = keep[missing, : length - 1]
+            parts = self._reference_pass(sub, sub_keep).split(sub_keep.sum(dim=1).tolist())
+            fresh = {keys[i]: part for i, part in zip(missing, parts, strict=True)}
+        cache.hits += len(keys) - len(missing)
+        cache.misses += len(missing)
+        device = keep.device
+        hidden = torch.cat([fresh[key] if key in fresh else cache.get(key).to(device) for key in keys])
+        for key, part in fresh.items():
+            cache.put(key, part)
+        return hidden
+
+    def _checked_reference_cache(self) -> ReferenceCache | None:
+        """The agent's cache of reference hidden states, emptied if the reference's weights changed since it was
+        filled; None when it is off: no KL, ``reference_cache_mb`` 0, several processes, or sharded weights."""
+        accelerator = getattr(self, "accelerator", None)
+        if self.kl_coef <= 0 or self.reference_cache_mb <= 0 or is_sharded(self) or world_and_rank(accelerator)[0] > 1:
+            return None
+        budget = int(self.reference_cache_mb * 2**20)
+        if self._reference_cache is None or self._reference_cache.max_bytes != budget:
+            self._reference_cache = ReferenceCache(budget)
+        actor = unwrapped_actor(self)
+        self._reference_cache.validate(p for name, p in actor.named_parameters() if ".reference." in name)
+        return self._reference_cache
 
     def _hidden_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Module]:
         """The last hidden states ``(N, H)`` at the N positions where ``keep`` (shifted, ``[B, L-1]``) is true,
