@@ -36,6 +36,8 @@ from agilerl_selfsft.agilerl_adapter import (
 
 from agilerl_selfsft.algorithm.batching import DEFAULT_MAX_PADDING, Bucket, padding_fraction, plan_buckets, row_extents
 from agilerl_selfsft.algorithm.reference_cache import DEFAULT_REFERENCE_CACHE_MB, ReferenceCache, row_keys
+from agilerl_selfsft.algorithm.shared_prefix import forward_with_shared_prefix, shared_prefix_length
+from agilerl_selfsft.generation.decode import attention_window
 
 
 def token_losses(
@@ -81,6 +83,8 @@ class BucketedLearning:
     #: host memory (MiB) for the reference's hidden states kept per sample (0: recompute them every step); see
     #: :mod:`agilerl_selfsft.algorithm.reference_cache`
     reference_cache_mb: float = DEFAULT_REFERENCE_CACHE_MB
+    #: run a prompt prefix every row of a bucket shares through the model once (see :meth:`_shared_prefix`)
+    share_prompt_prefix: bool = True
     _reference_cache: ReferenceCache | None = None  # the agent's own (a clone starts empty)
     _active_reference_cache: ReferenceCache | None = None  # the one this learn call uses, None when off
 
@@ -298,15 +302,41 @@ class BucketedLearning:
 
     def _hidden_at(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Module]:
         """The last hidden states ``(N, H)`` at the N positions where ``keep`` (shifted, ``[B, L-1]``) is true,
-        and the model's lm_head (which the transformer pass skipped)."""
-        with self._patch_lm_head_to_identity() as lm_head:
-            hidden = self.actor(**model_kwargs).logits  # [B, L, H], lm_head identity; FSDP2's gathers hook __call__
+        and the model's lm_head (which the transformer pass skipped). A prefix every row shares goes through the
+        model once (:mod:`agilerl_selfsft.algorithm.shared_prefix`)."""
+        prefix = self._shared_prefix(model_kwargs, keep)
+        with self._patch_lm_head_to_identity() as lm_head:  # FSDP2's gathers hook __call__: the actor is called
+            if prefix:
+                hidden = forward_with_shared_prefix(self.actor, model_kwargs, prefix)  # [B, L - prefix, H]
+                return hidden[:, :-1, :][keep[:, prefix:]], lm_head
+            hidden = self.actor(**model_kwargs).logits  # [B, L, H], lm_head identity
         return hidden[:, :-1, :][keep], lm_head
+
+    def _shared_prefix(self, model_kwargs: dict[str, Any], keep: torch.Tensor) -> int:
+        """The length of the prefix to run once for this bucket (:func:`shared_prefix_length`), 0 where it does
+        not apply: :attr:`share_prompt_prefix` off, a distributed run or an engine, a windowed model, or while
+        training with gradient checkpointing or LoRA dropout."""
+        if not self.share_prompt_prefix or is_sharded(self) or engine_backward(self):
+            return 0
+        if world_and_rank(getattr(self, "accelerator", None))[0] > 1:
+            return 0
+        model = unwrapped_actor(self)
+        if model.training and (getattr(model, "is_gradient_checkpointing", False) or _lora_dropout(model)):
+            return 0
+        if attention_window(model) is not None:
+            return 0
+        return shared_prefix_length(model_kwargs["input_ids"], model_kwargs["attention_mask"], keep)
 
     #: the head and the losses on the picked hidden states (:func:`token_losses`); an instance may hold a compiled
     #: copy, ``agent.token_losses = torch.compile(token_losses, dynamic=True)`` (``benchmarks/training_speed.py
     #: --compile-loss`` measures whether that pays)
     token_losses = staticmethod(token_losses)
+
+
+def _lora_dropout(model: torch.nn.Module) -> bool:
+    """Whether any LoRA layer of ``model`` applies dropout (PEFT keeps an ``nn.Dropout`` per adapter)."""
+    modules = model.named_modules()
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for name, m in modules if "lora_dropout" in name)
 
 
 def release_cached_memory() -> None:
