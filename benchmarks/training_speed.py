@@ -31,12 +31,15 @@ recorded as a check that they do the same optimisation. MFU is against the matmu
 ``--compile-loss`` adds a third agent, SelfSFT with its head and losses
 (:func:`agilerl_selfsft.algorithm.learning.token_losses`: the lm_head on the labelled positions, the
 cross-entropy, the KL) under ``torch.compile(dynamic=True)``, interleaved with the other two; its warm-up call
-includes the compilation, and its seconds are recorded beside the eager warm-up's.
+includes the compilation, and its seconds are recorded beside the eager warm-up's. ``--unshared`` adds SelfSFT with
+``share_prompt_prefix`` off (every row's prompt run whole; see :mod:`agilerl_selfsft.algorithm.shared_prefix`):
+the prefix is shared only without gradient checkpointing, so compare it with ``--no-gradient-checkpointing``.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/training_speed.py                       # defaults: 3 batches × 16 rows, 2 rounds
     .venv/bin/python benchmarks/training_speed.py --quick --threads 1   # a tiny smoke run
+    .venv/bin/python benchmarks/training_speed.py --no-gradient-checkpointing --unshared --tag shared_prefix
 
 Writes ``training_speed.json`` and ``training_speed.md`` to ``--output-dir`` (default ``benchmarks/results``).
 """
@@ -82,7 +85,9 @@ QUICK = {"rows": 4, "batches": 1, "repeats": 1, "uniform_reply": 8, "longest_rep
 LR = 1e-4
 OURS, SFT_NAME = "SelfSFT.learn (length buckets)", "SFT.learn (AgileRL 2.10.0)"
 COMPILED = "SelfSFT.learn, head and losses compiled"
-NAMES = {"ours": OURS, "sft": SFT_NAME, "compiled": COMPILED}
+UNSHARED = "SelfSFT.learn, no shared prompt prefix"
+NAMES = {"ours": OURS, "sft": SFT_NAME, "compiled": COMPILED, "unshared": UNSHARED}
+EXTRA_ARMS = ("compiled", "unshared")  # SelfSFT variants compared with ours
 # Reply text: windows of this paragraph (a fixed text, so the batches are the same on every run).
 PARAGRAPH = (
     "Paris is the capital and largest city of France. It lies on the river Seine, in the north of the country, "
@@ -118,7 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--compile-loss", action="store_true",
-        help="add a third arm: SelfSFT with its head and losses (token_losses) under torch.compile(dynamic=True)",
+        help="add an arm: SelfSFT with its head and losses (token_losses) under torch.compile(dynamic=True)",
+    )
+    parser.add_argument(
+        "--unshared", action="store_true",
+        help="add an arm: SelfSFT with share_prompt_prefix off (every row's prompt run whole); sharing applies "
+        "only without gradient checkpointing",
     )
     parser.add_argument("--tag", default="", help="suffix of the result files (training_speed_<tag>.json)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -326,6 +336,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f"- {shape}, compiled head and losses: **{sc['compiled_speedup']:.2f}×** ours eager (largest relative "
                 f"loss difference {sc['compiled_max_relative_loss_difference']:.1e})."
             )
+        if "unshared" in sc:
+            lines.append(
+                f"- {shape}, the shared prompt prefix run once: **{1 / sc['unshared_speedup']:.2f}×** the same "
+                f"learning with every row's prompt run whole (largest relative loss difference "
+                f"{sc['unshared_max_relative_loss_difference']:.1e})."
+            )
     if s.get("compile_loss"):
         w = s["warmup_seconds"]
         lines.append(f"- The warm-up call (compilation included) took {w['compiled']:.1f} s compiled against "
@@ -385,14 +401,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compile_loss:
         agents["compiled"] = selfsft(load_model(MODEL, dtype=dtype)[0])
         agents["compiled"].token_losses = torch.compile(token_losses, dynamic=True)
+    if args.unshared:
+        agents["unshared"] = selfsft(load_model(MODEL, dtype=dtype)[0])
+        agents["unshared"].share_prompt_prefix = False
     with torch.no_grad():  # every agent starts from ours' adapter values
         for key, agent in agents.items():
             if key != "ours":
                 for name, p in actor_lora(agent).items():
                     p.copy_(actor_lora(ours)[name])
     lora_params = sum(p.numel() for p in actor_lora(ours).values())
-    forwards = count_forwards(ours)
-    compiled_forwards = count_forwards(agents["compiled"]) if args.compile_loss else []
+    forwards = {key: count_forwards(agent) for key, agent in agents.items() if key != "sft"}
     gc_start = time.perf_counter()
     gc.collect()
     gc_seconds = time.perf_counter() - gc_start
@@ -403,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"{dtype_name} matmul: {gflops_before:.1f} GFLOP/s")
 
     def run(key: str, batch: dict[str, Any]) -> dict[str, Any]:
-        counted = compiled_forwards if key == "compiled" else forwards
+        counted = forwards.get(key, [])
         counted.clear()
         seconds, out = timed_learn(agents[key], batch, device)
         tokens = int(batch["attention_mask"].sum())
@@ -452,11 +470,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "goal": 1.0 if shape == "uniform" else 2.0,
             "max_relative_loss_difference": max(diffs),
         }
-        if "compiled" in agents:
-            c = summarise(runs[shape]["compiled"], n_params, gflops)
-            scenarios[shape]["compiled"] = c
-            scenarios[shape]["compiled_speedup"] = c["tokens_per_s"] / o["tokens_per_s"]
-            scenarios[shape]["compiled_max_relative_loss_difference"] = max(
+        for arm in (a for a in EXTRA_ARMS if a in agents):  # speed-up: the arm's tokens/s over ours
+            c = summarise(runs[shape][arm], n_params, gflops)
+            scenarios[shape][arm] = c
+            scenarios[shape][f"{arm}_speedup"] = c["tokens_per_s"] / o["tokens_per_s"]
+            scenarios[shape][f"{arm}_max_relative_loss_difference"] = max(
                 abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(c["runs"], o["runs"], strict=True)
             )
 
@@ -490,6 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dtype": dtype_name,
             "dtype_choice": dtype_choice,
             "compile_loss": args.compile_loss,
+            "unshared_arm": args.unshared,
             "warmup_seconds": warmup_seconds,
             "device": device,
             "n_params": n_params,
