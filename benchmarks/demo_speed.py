@@ -5,10 +5,12 @@ one after the other, nothing else running.
 
 Each side runs ``agilerl-selfsft train --config agilerl_selfsft/configs/capitals.yaml`` of its own checkout (its
 own code and its own demo config, through ``PYTHONPATH``) in a process of its own with ``OMP_NUM_THREADS``
-threads, into a fresh run folder. From each run's ``metrics.jsonl`` it reports the wall time, the held-out
-reward before and after (with its sampling standard error where the run records one) and where the time went,
-summed over the run: sampling, scoring, learning, evaluation (the base evaluation included) and the rest
-(checkpoints, the samples log, start-up). A run from before ``seconds_*`` were recorded has only sampling and
+threads and ``OMP_WAIT_POLICY`` as ``make demo`` leaves it (unset; ``--wait-policy`` sets it and the result
+records it; ``PASSIVE``, which the tests use, slows small matmuls: see ``machine.THREAD_ENV``), into a fresh run
+folder. From each run's ``metrics.jsonl`` it reports the wall time, the held-out reward before and after (with
+its sampling standard error where the run records one) and where the time went, summed over the run: sampling,
+scoring, learning, evaluation (the base evaluation included) and the rest (checkpoints, the samples log,
+start-up). A run from before ``seconds_*`` were recorded has only sampling and
 evaluation measured; its learning is then part of the rest.
 
 Writes ``result.json`` and ``README.md`` to ``--output-dir`` (default ``benchmarks/results/demo_speed``).
@@ -35,10 +37,14 @@ CONFIG = "agilerl_selfsft/configs/capitals.yaml"
 
 
 def run_demo(source: Path, out: Path, threads: int, log: Path, config: Path | None = None,
-             env_extra: dict[str, str] | None = None) -> float:
+             env_extra: dict[str, str] | None = None, wait_policy: str | None = None) -> float:
     """The demo of the checkout ``source`` into ``out`` (``config``, default the checkout's own demo config, with
-    ``env_extra`` in its environment); its wall time in seconds."""
-    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": str(threads), **(env_extra or {})}
+    ``env_extra`` in its environment and ``OMP_WAIT_POLICY`` set to ``wait_policy``, default None: unset, as
+    ``make demo`` runs); its wall time in seconds."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"PYTHONPATH": str(source), "OMP_NUM_THREADS": str(threads), **(env_extra or {})})
+    if wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = wait_policy
     config = source / CONFIG if config is None else config
     start = time.perf_counter()
     with log.open("w") as f:
@@ -71,7 +77,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# The demo side by side: before and after",
         "",
         f"`make demo` (`{CONFIG}`, each checkout its own) at `{result['before_commit']}` (before) and at "
-        f"`{result['after_commit']}` (after), one after the other on this machine, {result['threads']} threads.",
+        f"`{result['after_commit']}` (after), one after the other on this machine, {result['threads']} threads, "
+        f"OMP_WAIT_POLICY {result.get('wait_policy') or 'unset'} in the demo processes.",
         "",
         "| | wall | held-out reward: base → last (gain) | SE of one evaluation | sample | score | learn | evaluate "
         "| rest |",
@@ -108,12 +115,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="the commit to compare against (run first)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--wait-policy", choices=("PASSIVE", "ACTIVE"),
+                        help="OMP_WAIT_POLICY for both demos (default: unset, as make demo runs)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results" / "demo_speed")
     args = parser.parse_args()
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     load_before = machine_load()
     result: dict[str, Any] = {"benchmark": "demo_speed", "threads": args.threads, "runs": {},
+                              "wait_policy": args.wait_policy,
                               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command_line()}
     with tempfile.TemporaryDirectory(prefix="demo_speed_") as tmp:
         old = Path(tmp) / "before"
@@ -126,7 +136,7 @@ def main() -> None:
         for name, source in (("before", old), ("after", ROOT)):
             run_dir = Path(tmp) / f"run_{name}"
             print(f"[demo_speed] {name}: the demo of {source}", flush=True)
-            wall = run_demo(source, run_dir, args.threads, out / f"{name}.log")
+            wall = run_demo(source, run_dir, args.threads, out / f"{name}.log", wait_policy=args.wait_policy)
             rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             (out / f"metrics_{name}.jsonl").write_text((run_dir / "metrics.jsonl").read_text())
             result["runs"][name] = summary(rows, wall)

@@ -42,6 +42,19 @@ def version(package: str) -> str:
         return "not installed"
 
 
+#: environment variables that change how torch's CPU threads run. OMP_WAIT_POLICY=PASSIVE (which the tests set, so
+#: that two processes sharing the cores do not spin against each other) puts the threads to sleep between parallel
+#: regions: measured on a 2-core AVX2 EPYC, a thin LoRA matmul (360x576 @ 576x16) took 0.26 ms instead of 0.09 ms
+#: unset, and a whole learning step ~20% longer. ``make demo`` leaves it unset (libgomp's default: spin, then sleep)
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "OMP_PLACES", "KMP_BLOCKTIME",
+              "MKL_NUM_THREADS")
+
+
+def thread_env() -> dict[str, str]:
+    """The :data:`THREAD_ENV` variables this process was started with (those that are set)."""
+    return {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     """Platform, CPU, library versions and torch threads (``threads``: the thread count the run asked for)."""
     return {
@@ -58,6 +71,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "agilerl_selfsft": agilerl_selfsft.__version__,
         "torch_threads": torch.get_num_threads(),
         "requested_threads": threads,
+        "thread_env": thread_env(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         # bf16 may run 150x slower than fp32 on one CPU and 7x faster on another: measured, never assumed
         "matmul_gflops": {"float32": round(matmul_gflops(1.0), 1),
@@ -66,15 +80,22 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command line this process was started with, shell-quoted."""
+    """The command line this process was started with, shell-quoted, after the :data:`THREAD_ENV` variables it was
+    started with (``OMP_WAIT_POLICY=PASSIVE .venv/bin/python ...``), so that the command reproduces the run."""
     argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
-    return shlex.join(argv)
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in thread_env().items()), shlex.join(argv)])
 
 
 def fmt_load(load: dict[str, Any]) -> str:
     """A ``machine_load()`` result's load averages as ``"1.00, 0.50, 0.25"``."""
     avg = load.get("loadavg_1_5_15")
     return ", ".join(f"{x:.2f}" for x in avg) if avg else "unknown"
+
+
+def fmt_env(env: dict[str, str]) -> str:
+    """A :func:`thread_env` result as ``"OMP_NUM_THREADS=2, OMP_WAIT_POLICY unset"``."""
+    told = [f"{k}={v}" for k, v in env.items()]
+    return ", ".join(told + ([] if "OMP_WAIT_POLICY" in env else ["OMP_WAIT_POLICY unset"]))
 
 
 def matmul_gflops(seconds: float = 2.0, size: int = 2048, dtype: torch.dtype = torch.float32) -> float:
@@ -137,6 +158,7 @@ def environment_markdown(result: dict[str, Any]) -> list[str]:
         f"- torch {m['torch']}, threads {m['torch_threads']}; transformers {m['transformers']}, peft {m['peft']}, "
         f"agilerl {m['agilerl']}, agilerl_selfsft {m['agilerl_selfsft']}",
         f"- CUDA: {m['cuda'] or 'none'}",
+        *([f"- thread settings: {fmt_env(m['thread_env'])}"] if "thread_env" in m else []),
         f"- load average (1, 5, 15 min) before / after the runs: {fmt_load(load['before'])} / "
         f"{fmt_load(load['after'])}",
         f"- date: {result['date']}",

@@ -13,7 +13,9 @@ Where this does not hold, a bucket runs whole, as before: with gradient checkpoi
 checkpointed layer drops the cache), with LoRA dropout while training (one prefix pass would share one dropout
 mask between rows), on models with a sliding or chunked attention window, when the prefix would reach a
 labelled position, and in distributed runs (DDP, DeepSpeed, sharded weights: each process must run the same
-forward passes, and a parameter used by two passes of one backward confuses DDP's gradient hooks).
+forward passes, and a parameter used by two passes of one backward confuses DDP's gradient hooks). It also runs
+whole where one pass for the prefix would save too little (:data:`MIN_SAVED_POSITIONS`): the second pass has a
+cost of its own, which two rows sharing a system turn do not repay.
 """
 
 from __future__ import annotations
@@ -25,12 +27,23 @@ import torch
 
 #: shortest shared prefix worth its own pass (an extra forward call and a copy of its cache per row)
 MIN_SHARED_PREFIX = 8
+#: fewest positions the shared pass must save, ``(rows - 1) * prefix``: the second pass has a fixed cost (every
+#: layer's kernels run twice, the head pass's matmuls have few rows). Measured on SmolLM2-135M + LoRA r16, fp32,
+#: 2 threads of an AVX2 EPYC (``benchmarks/shared_prefix_buckets.py``, results in ``benchmarks/results/``): it
+#: was worth ~40-80 positions, so two rows sharing 24-40 tokens ran 0.79-1.01x the whole bucket's speed, 4 rows
+#: sharing 24 ran 0.96-1.25x and 16 rows 1.40-1.69x
+MIN_SAVED_POSITIONS = 64
 
 
 def shared_prefix_length(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor, minimum: int = MIN_SHARED_PREFIX
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keep: torch.Tensor,
+    minimum: int = MIN_SHARED_PREFIX,
+    min_saved: int = MIN_SAVED_POSITIONS,
 ) -> int:
-    """How many leading tokens every right-padded row has in common (0 if fewer than ``minimum``, or one row).
+    """How many leading tokens every right-padded row has in common: 0 if fewer than ``minimum``, if running them
+    once saves fewer than ``min_saved`` positions (``(rows - 1) * length``), or for one row.
 
     The prefix stops before the first position whose hidden state is read (``keep``: position ``t`` predicts
     token ``t + 1``) and leaves every row at least one attended token of its own.
@@ -39,6 +52,7 @@ def shared_prefix_length(
     :param attention_mask: ``(B, L)``, 1 on each row's tokens, which start at position 0
     :param keep: ``(B, L - 1)``, true where a hidden state is read
     :param minimum: shortest prefix to share, defaults to :data:`MIN_SHARED_PREFIX`
+    :param min_saved: fewest positions sharing must save, defaults to :data:`MIN_SAVED_POSITIONS`
     :rtype: int
     """
     if input_ids.shape[0] < 2:
@@ -51,7 +65,8 @@ def shared_prefix_length(
         limit = min(limit, int(read[0]))
     differ = (~same[:limit]).nonzero()
     length = int(differ[0]) if len(differ) else max(limit, 0)
-    return length if length >= minimum else 0
+    worth = length >= minimum and (input_ids.shape[0] - 1) * length >= min_saved
+    return length if worth else 0
 
 
 def forward_with_shared_prefix(

@@ -8,7 +8,11 @@ import copy
 import pytest
 import torch
 
-from agilerl_selfsft.algorithm.shared_prefix import forward_with_shared_prefix, shared_prefix_length
+from agilerl_selfsft.algorithm.shared_prefix import (
+    MIN_SAVED_POSITIONS,
+    forward_with_shared_prefix,
+    shared_prefix_length,
+)
 from agilerl_selfsft.data.chat import collate
 
 from architectures import CASES, FAMILIES, build  # noqa: I001  (tests/: the tiny model of each family)
@@ -18,7 +22,9 @@ CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
     [{"role": "user", "content": "What is the capital of Peru?"}, {"role": "assistant", "content": "Lima, I think."}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help you today?"}],
-]
+    [{"role": "user", "content": "What is the capital of Chad?"}, {"role": "assistant", "content": "N'Djamena."}],
+    [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "Seven."}],
+]  # five rows: running their ~24 shared tokens once saves ~96 positions (enough, MIN_SAVED_POSITIONS)
 UNWINDOWED = [case for case in CASES if FAMILIES[case.split("+")[0]][3] is None]  # no attention window
 
 
@@ -30,14 +36,28 @@ def test_the_shared_prefix_ends_where_rows_differ_or_a_label_is_read():
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 0], [1, 2, 3, 4, 9, 9, 9], [1, 2, 3, 4, 5, 0, 0]])
     mask = (ids != 0).long()
     none = torch.zeros(3, 6, dtype=torch.bool)
-    assert shared_prefix_length(ids, mask, none, minimum=1) == 4  # the rows part after 4 tokens
+    assert shared_prefix_length(ids, mask, none, minimum=1, min_saved=1) == 4  # the rows part after 4 tokens
     read = none.clone()
     read[1, 2] = True  # position 2's hidden state is read (it predicts token 3)
-    assert shared_prefix_length(ids, mask, read, minimum=1) == 2
+    assert shared_prefix_length(ids, mask, read, minimum=1, min_saved=1) == 2
     same = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
-    assert shared_prefix_length(same, torch.ones_like(same), torch.zeros(2, 3, dtype=torch.bool), minimum=1) == 3
-    assert shared_prefix_length(ids, mask, none, minimum=5) == 0  # too short to be worth a pass
-    assert shared_prefix_length(ids[:1], mask[:1], none[:1], minimum=1) == 0  # one row: nothing to share
+    none2 = torch.zeros(2, 3, dtype=torch.bool)
+    assert shared_prefix_length(same, torch.ones_like(same), none2, minimum=1, min_saved=1) == 3
+    assert shared_prefix_length(ids, mask, none, minimum=5, min_saved=1) == 0  # too short to be worth a pass
+    assert shared_prefix_length(ids[:1], mask[:1], none[:1], minimum=1, min_saved=1) == 0  # one row: nothing to share
+
+
+def test_a_prefix_is_shared_only_where_it_saves_enough_positions():
+    # 24 shared tokens (about a system turn): two rows save 24 positions, too few to repay the second pass
+    # (measured 0.79-1.01x); four rows save 72 (MIN_SAVED_POSITIONS = 64)
+    ids = torch.cat([torch.arange(1, 25).repeat(6, 1), torch.arange(100, 106)[:, None].repeat(1, 5)], dim=1)
+    mask, keep = torch.ones_like(ids), torch.zeros(6, ids.shape[1] - 1, dtype=torch.bool)
+    keep[:, 24:] = True
+    assert MIN_SAVED_POSITIONS == 64
+    assert shared_prefix_length(ids[:2], mask[:2], keep[:2]) == 0
+    assert shared_prefix_length(ids[:3], mask[:3], keep[:3]) == 0  # 48 saved
+    assert shared_prefix_length(ids[:4], mask[:4], keep[:4]) == 24  # 72 saved
+    assert shared_prefix_length(ids[:2], mask[:2], keep[:2], min_saved=24) == 24
 
 
 @pytest.mark.parametrize("case", UNWINDOWED)
