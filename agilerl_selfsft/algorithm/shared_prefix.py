@@ -29,9 +29,9 @@ import torch
 MIN_SHARED_PREFIX = 8
 #: fewest positions the shared pass must save, ``(rows - 1) * prefix``: the second pass has a fixed cost (every
 #: layer's kernels run twice, the head pass's matmuls have few rows). Measured on SmolLM2-135M + LoRA r16, fp32,
-#: 2 threads of an AVX2 EPYC (``benchmarks/shared_prefix_buckets.py``, results in ``benchmarks/results/``): it
-#: was worth ~40-80 positions, so two rows sharing 24-40 tokens ran 0.79-1.01x the whole bucket's speed, 4 rows
-#: sharing 24 ran 0.96-1.25x and 16 rows 1.40-1.69x
+#: 2 threads of an AVX2 EPYC (``benchmarks/shared_prefix_buckets.py``, ``benchmarks/results/shared_prefix_buckets.md``):
+#: two rows sharing 24-40 tokens ran 0.78-1.12x the whole bucket's speed, four rows 0.83-1.11x, eight 1.14-1.52x,
+#: sixteen 1.40-1.95x. Below 8 rows it is within noise either way; the bound skips the two-row buckets
 MIN_SAVED_POSITIONS = 64
 
 

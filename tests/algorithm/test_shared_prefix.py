@@ -49,7 +49,7 @@ def test_the_shared_prefix_ends_where_rows_differ_or_a_label_is_read():
 
 def test_a_prefix_is_shared_only_where_it_saves_enough_positions():
     # 24 shared tokens (about a system turn): two rows save 24 positions, too few to repay the second pass
-    # (measured 0.79-1.01x); four rows save 72 (MIN_SAVED_POSITIONS = 64)
+    # (measured 0.78-1.12x); four rows save 72 (MIN_SAVED_POSITIONS = 64)
     ids = torch.cat([torch.arange(1, 25).repeat(6, 1), torch.arange(100, 106)[:, None].repeat(1, 5)], dim=1)
     mask, keep = torch.ones_like(ids), torch.zeros(6, ids.shape[1] - 1, dtype=torch.bool)
     keep[:, 24:] = True
