@@ -44,8 +44,8 @@ def version(package: str) -> str:
 
 #: environment variables that change how torch's CPU threads run. OMP_WAIT_POLICY=PASSIVE (which the tests set, so
 #: that two processes sharing the cores do not spin against each other) puts the threads to sleep between parallel
-#: regions; on a 2-core AVX2 EPYC (``wait_policy.py``, ``results/wait_policy.md``) a training pass took 1.32-1.76x
-#: and sampling ran at 0.67x the speed it has unset. ``make demo`` leaves it unset (libgomp: spin, then sleep)
+#: regions; on a 2-core AVX2 EPYC (``wait_policy.py``, ``results/wait_policy.md``) a training pass took 1.28-1.54x
+#: and sampling ran at 0.78x the speed it has unset. ``make demo`` leaves it unset (libgomp: spin, then sleep)
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "OMP_PLACES", "KMP_BLOCKTIME",
               "MKL_NUM_THREADS")
 
