@@ -316,8 +316,10 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
         greedy: bool = False,
         temperature: float | None = None,
         tools: list[list[dict] | None] | None = None,
+        with_greedy: bool = False,
     ) -> Generations:
-        """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each.
+        """Like :meth:`generate`, with finish flags, token counts and timing; ``greedy`` decodes one each, and
+        ``with_greedy`` adds a greedy one after each prompt's K samples (``texts[i][K]``), decoded in their batch.
 
         ``temperature`` overrides :attr:`sampling_temperature` for this call (evaluation samples every agent
         alike); 0 decodes greedily. ``tools`` gives, per prompt, the tool schemas a chat template that supports
@@ -333,18 +335,13 @@ class SelfSFT(SharedBasePopulation, BucketedLearning, SFT):
             raise ValueError("SelfSFT needs a tokenizer to generate: pass tokenizer=... to the constructor")
         if not prompts:
             return Generations()
-        k = 1 if greedy else (self.num_generations if num_generations is None else num_generations)
+        k = 1 if greedy else (self.num_generations if num_generations is None else num_generations) + with_greedy
         chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
         tools = tools if tools is not None else [None] * len(chats)
         texts = [render_prompt(self._tokenizer, chat, t) for chat, t in zip(chats, tools, strict=True)]
-        sampling = Sampling(
-            max_new_tokens=self.max_new_tokens,
-            stop_token_ids=turn_end_token_ids(self._tokenizer),
-            temperature=temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            greedy=greedy,
-        )
+        sampling = Sampling(max_new_tokens=self.max_new_tokens, stop_token_ids=turn_end_token_ids(self._tokenizer),
+                            temperature=temperature, top_p=self.top_p, top_k=self.top_k, greedy=greedy,
+                            greedy_last=with_greedy)  # Sampling refuses greedy with greedy_last
         with self.select_adapter("actor"):
             return self.generation_engine_instance().sample(self, texts, k, sampling)
 

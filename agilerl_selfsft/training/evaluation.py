@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from agilerl_selfsft.distributed import DataParallel
-from agilerl_selfsft.generation.collect import sample_scored
+from agilerl_selfsft.generation.collect import sample_scored, sample_scored_with_greedy
 from agilerl_selfsft.rewards.registry import answer_extractor
 from agilerl_selfsft.samples import Scored
 
@@ -34,7 +34,9 @@ def evaluate(
     :param agent: the policy
     :param env: holds the held-out prompts and the reward
     :param num_samples: completions sampled per prompt, defaults to 4
-    :param greedy: also score one greedy completion per prompt, defaults to True
+    :param greedy: also score one greedy completion per prompt (decoded in the batch of the samples where the
+        policy samples single turns: :func:`~agilerl_selfsft.generation.collect.sample_scored_with_greedy`),
+        defaults to True
     :param temperature: sampling temperature, >= 0 (0 = greedy), defaults to None (the agent's
         ``sampling_temperature``)
     :param seed: seed of the samples (each process adds its rank), defaults to None (torch's current state)
@@ -54,12 +56,14 @@ def evaluate(
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(DataParallel(getattr(agent, "accelerator", None)).rank_seed(seed))
             return evaluate(agent, env, num_samples, greedy, temperature)
-    with env.eval_mode():  # the held-out prompts, scored by the eval reward
+    with env.eval_mode():  # the held-out prompts, scored by the eval reward; sharded over the processes
         tasks = env.prompts
-        scored, sampled = sample_scored(agent, env, tasks, num_samples, temperature=temperature)  # sharded
-        reported = dict(getattr(env, "reward_metrics", {}))
-        if greedy:
-            scored_greedy, decoded = sample_scored(agent, env, tasks, greedy=True)
+        if greedy:  # the greedy answers decoded in the batch of the samples
+            (scored, sampled), (scored_greedy, decoded) = sample_scored_with_greedy(agent, env, tasks, num_samples,
+                                                                                    temperature)
+        else:
+            scored, sampled = sample_scored(agent, env, tasks, num_samples, temperature=temperature)
+        reported = dict(getattr(env, "reward_metrics", {}))  # of the samples
     solved = {s.prompt_id for s in scored if s.reward >= env.threshold}
     result = {
         "eval_reward": mean_reward(scored),

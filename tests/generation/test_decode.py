@@ -107,6 +107,25 @@ def test_sharing_dropping_and_refilling_change_the_work_not_the_tokens(model, to
     assert plain.computed_rows >= fast.computed_rows
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_greedy_last_decodes_each_prompts_last_row_greedily_among_hot_samples(model, tokenizer, texts, share):
+    # evaluation's greedy answers ride in the batch of its samples: the last of each prompt's K rows must be the
+    # greedy completion (rows dropping out and refilling around it), the others drawn at the temperature
+    free = sample(model, tokenizer, texts, 1, Sampling(max_new_tokens=8, stop_token_ids=[2], greedy=True))
+    stops = [2, free.token_ids[1][0][1]]  # "Hi"'s greedy row ends at step 2, before the others
+    greedy = sample(model, tokenizer, texts, 1, Sampling(max_new_tokens=8, stop_token_ids=stops, greedy=True))
+    torch.manual_seed(0)
+    both = sample(model, tokenizer, texts, 4, Sampling(max_new_tokens=8, stop_token_ids=stops, temperature=50.0,
+                                                       greedy_last=True), max_batch_rows=8, share_prompts=share)
+    assert [rows[-1] for rows in both.token_ids] == [rows[0] for rows in greedy.token_ids]
+    assert [rows[-1] for rows in both.finished] == [rows[0] for rows in greedy.finished]
+    assert len(both.batch_rows) > 1 and all(len(rows) == 4 for rows in both.token_ids)  # refilled, K rows each
+    # the 12 drawn rows, nearly uniform over the vocabulary, are (almost) never the greedy completion
+    assert sum(ids != g[0] for rows, g in zip(both.token_ids, greedy.token_ids) for ids in rows[:-1]) >= 10
+    with pytest.raises(ValueError, match="greedy_last"):
+        Sampling(max_new_tokens=8, stop_token_ids=stops, greedy=True, greedy_last=True)
+
+
 def test_freed_rows_are_refilled_with_waiting_prompts(model, tokenizer, texts):
     # stop on the 2nd greedy token of "Hi": its rows end early, and a waiting prompt takes them
     free = sample(model, tokenizer, texts, 1, Sampling(max_new_tokens=10, stop_token_ids=[2], greedy=True))

@@ -96,6 +96,14 @@ def test_the_same_seed_draws_the_same_samples(agent):
     assert len({tuple(ids) for group in first for ids in group}) > 4  # sampled, not greedy
 
 
+def test_with_greedy_adds_the_greedy_answer_after_the_samples(agent):
+    greedy = greedy_ids(agent, "vllm")[:5]  # sets the engine
+    out = agent.sample(PROMPTS[:5], num_generations=3, temperature=1.0, with_greedy=True)
+    assert [len(group) for group in out.token_ids] == [4] * 5 and [len(t) for t in out.texts] == [4] * 5
+    assert [group[-1] for group in out.token_ids] == [g[0] for g in greedy]
+    assert len({tuple(ids) for group in out.token_ids for ids in group[:-1]}) > 5  # the first 3: sampled
+
+
 def test_a_learn_step_reaches_the_engine_once():
     model, tokenizer = embedded()
     agent = agent_on(model, tokenizer)
