@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -230,20 +231,27 @@ def _train_locked(config: Any, out: Path, resume: bool) -> Path:
 
 
 def resolved_settings(config: Any) -> dict[str, Any]:
-    """What ``auto`` settings of ``config`` became on this machine (device; dtype and the probe behind it), logged
-    and saved in the run's ``config.json`` under ``resolved``."""
+    """What ``auto`` settings of ``config`` became on this machine (device; dtype and the probe behind it), and the
+    OpenMP wait policy the process runs under (None: unset), logged and saved in the run's ``config.json`` under
+    ``resolved``. ``OMP_WAIT_POLICY=PASSIVE`` on a CPU run is warned about: it slows the small matmuls of decoding
+    and LoRA (``benchmarks/results/wait_policy.md``)."""
     import torch
 
     from agilerl_selfsft.models import resolve_device
     from agilerl_selfsft.precision import resolve_dtype
 
+    log = logging.getLogger("agilerl_selfsft")
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)  # the probe measures at the run's thread count
     _, why = resolve_dtype(config.dtype, device)
-    logging.getLogger("agilerl_selfsft").info("Device %s, dtype %s (%s: %s).", device, why["dtype"], why["asked"],
-                                              why["reason"])
-    return {"device": str(device), "dtype": why}
+    log.info("Device %s, dtype %s (%s: %s).", device, why["dtype"], why["asked"], why["reason"])
+    wait_policy = os.environ.get("OMP_WAIT_POLICY")
+    if device.type == "cpu" and (wait_policy or "").upper() == "PASSIVE":
+        log.warning("OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep between the many small matmuls of decoding and "
+                    "LoRA (on 2 cores, training passes and sampling took 1.3-1.5x as long); unset it unless other "
+                    "processes share these cores")
+    return {"device": str(device), "dtype": why, "omp_wait_policy": wait_policy}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, config_path: str | Path) -> dict[str, float]:

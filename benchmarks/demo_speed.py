@@ -10,7 +10,7 @@ records it; ``PASSIVE``, which the tests use, slows small matmuls: see ``machine
 folder. From each run's ``metrics.jsonl`` it reports the wall time, the held-out reward before and after (with
 its sampling standard error where the run records one) and where the time went, summed over the run: sampling,
 scoring, learning, evaluation (the base evaluation included) and the rest (checkpoints, the samples log,
-start-up). A run from before ``seconds_*`` were recorded has only sampling and
+start-up), and for the run after, each iteration's stages and the checkpoint and logs written after it. A run from before ``seconds_*`` were recorded has only sampling and
 evaluation measured; its learning is then part of the rest.
 
 Writes ``result.json`` and ``README.md`` to ``--output-dir`` (default ``benchmarks/results/demo_speed``).
@@ -68,7 +68,45 @@ def summary(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
             "eval_reward_greedy": [r.get("eval_reward_greedy") for r in rows],
             "gain": round(rows[-1]["eval_reward"] - rows[0]["eval_reward"], 4),
             "seconds": {k: None if v is None else round(v, 1) for k, v in stages.items()},
-            "per_iteration_wall_s": [round(b["wall_seconds"] - a["wall_seconds"], 1) for a, b in zip(rows, later)]}
+            "per_iteration_wall_s": [round(b["wall_seconds"] - a["wall_seconds"], 1) for a, b in zip(rows, later)],
+            "per_iteration": per_iteration(rows), "outside_loop_s": round(wall - rows[-1]["wall_seconds"], 1),
+            "base_eval_s": rows[0].get("eval_seconds")}
+
+
+STAGES = ("generate", "select", "learn", "evaluate")
+
+
+def per_iteration(rows: list[dict[str, Any]]) -> list[dict[str, float]] | None:
+    """Each iteration's seconds by stage (sample, score, select, learn, evaluate) and ``after``: the time between
+    its metrics row and the next iteration's first stage (its checkpoint, its samples log, its row written),
+    measured as the next row's wall-clock step less that row's stages (None for the last iteration: its checkpoint
+    is in the time outside the loop). None for a run that did not record its stages."""
+    later = rows[1:]
+    if not all(f"seconds_{stage}" in r for r in later for stage in STAGES):
+        return None
+    out = []
+    for i, row in enumerate(later):
+        nxt = later[i + 1] if i + 1 < len(later) else None
+        after = None if nxt is None else (nxt["wall_seconds"] - row["wall_seconds"]
+                                          - sum(nxt[f"seconds_{stage}"] for stage in STAGES))
+        out.append({"sample": row["gen_seconds"], "score": row["seconds_score"], "select": row["seconds_select"],
+                    "learn": row["seconds_learn"], "evaluate": row["seconds_evaluate"],
+                    "after": None if after is None else round(after, 2),
+                    "wall": round(row["wall_seconds"] - rows[i]["wall_seconds"], 1)})
+    return out
+
+
+def iteration_table(run: dict[str, Any]) -> list[str]:
+    """The per-iteration breakdown of one run as Markdown lines (none for a run without one)."""
+    if not run.get("per_iteration"):
+        return []
+    lines = ["| iteration | wall | sample | score | select | learn | evaluate | checkpoint and logs after it |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(run["per_iteration"], start=1):
+        after = "in the time outside the loop" if r["after"] is None else f"{r['after']:.1f} s"
+        lines.append(f"| {i} | {r['wall']:.1f} s | {r['sample']:.1f} s | {r['score']:.2f} s | {r['select']:.3f} s | "
+                     f"{r['learn']:.1f} s | {r['evaluate']:.1f} s | {after} |")
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -101,6 +139,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"- before: {', '.join(f'{x:.3f}' for x in before['eval_reward'])}",
         f"- after: {', '.join(f'{x:.3f}' for x in after['eval_reward'])}",
         "",
+        *(["Where each iteration's time went (after; the base evaluation took "
+           f"{after['base_eval_s']:.1f} s, and {after['outside_loop_s']:.1f} s were outside the loop: "
+           "start-up, model load, the last checkpoint, the report):", "", *iteration_table(after), ""]
+          if after.get("per_iteration") else []),
         "Sample / score / learn / evaluate: the seconds the runs spent there, summed over the run (evaluate includes "
         "the base evaluation). Rest: the wall time less those (checkpoints, the samples log, start-up and model "
         "load; for a run that did not record its learning time, learning too). SE: the sampling standard error of "
@@ -118,8 +160,18 @@ def main() -> None:
     parser.add_argument("--wait-policy", choices=("PASSIVE", "ACTIVE"),
                         help="OMP_WAIT_POLICY for both demos (default: unset, as make demo runs)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results" / "demo_speed")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="only recompute result.json's summaries and README.md from the output dir's metrics files")
     args = parser.parse_args()
     out = args.output_dir
+    if args.rewrite:
+        result = json.loads((out / "result.json").read_text())
+        for name, run in result["runs"].items():
+            rows = [json.loads(line) for line in (out / f"metrics_{name}.jsonl").read_text().splitlines()]
+            result["runs"][name] = summary(rows, run["wall_s"])
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "README.md").write_text(markdown(result))
+        return
     out.mkdir(parents=True, exist_ok=True)
     load_before = machine_load()
     result: dict[str, Any] = {"benchmark": "demo_speed", "threads": args.threads, "runs": {},

@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from agilerl_selfsft.cli import main
+from agilerl_selfsft.cli import main, resolved_settings
+from agilerl_selfsft.config import load_config
 from agilerl_selfsft.samples import Scored
 from agilerl_selfsft.training.report import read_metrics
 
@@ -111,6 +112,20 @@ def write_config(workdir: Path, model: Path | str, **overrides) -> Path:
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
     code = main(list(argv))
     return code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("policy", ["PASSIVE", "passive", None, "ACTIVE"])
+def test_the_openmp_wait_policy_is_recorded_and_passive_warned_about(workdir, tiny_model_dir, caplog, monkeypatch,
+                                                                     policy):
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    with caplog.at_level(logging.INFO, logger="agilerl_selfsft"):
+        resolved = resolved_settings(load_config(write_config(workdir, tiny_model_dir)))
+    assert resolved["omp_wait_policy"] == policy and resolved["device"] == "cpu"
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "OMP_WAIT_POLICY=PASSIVE" in r.getMessage()]
+    assert len(warned) == (policy is not None and policy.upper() == "PASSIVE")
 
 
 def test_train_then_eval_writes_the_run_layout(workdir, tiny_model_dir, capsys, caplog):
