@@ -111,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-rows", type=int, default=128, help="rows per batch for ours and hf (default 128)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the model's dtype; the 2N bound is that dtype's matmul rate (default float32)")
+    parser.add_argument("--vllm-memory", type=float, default=0.2,
+                        help="vLLM's gpu_memory_utilization (on CPU: the share of host memory it takes; default 0.2)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed set before every run (default 0)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name in args.methods:
             engines[name] = SelfSFT(actor_network=copy.deepcopy(model), lora_config=lora_config(), tokenizer=tokenizer,
                                     num_generations=args.k, max_new_tokens=args.max_new_tokens, generation_engine="vllm",
-                                    vllm_config={"enforce_eager": name == "vllm", "gpu_memory_utilization": 0.2},
+                                    vllm_config={"enforce_eager": name == "vllm", "gpu_memory_utilization": args.vllm_memory},
                                     max_model_len=2048, sampling_temperature=TEMPERATURE, **shared)
     grpo = None
     if "grpo" in args.methods:
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "model": MODEL, "dtype": args.dtype, "device": device, "n_params": n_params, "matmul_gflops": roof,
             "prompts": args.prompts, "k": args.k, "rows": args.prompts * args.k, "max_new_tokens": args.max_new_tokens,
             "temperature": TEMPERATURE, "top_p": 1.0, "top_k": 0, "repeats": args.repeats, "warmup_runs": 1,
-            "seed": args.seed, "threads": args.threads, "quick": args.quick, "batch_rows": args.batch_rows,
+            "seed": args.seed, "threads": args.threads, "vllm_memory": args.vllm_memory, "quick": args.quick, "batch_rows": args.batch_rows,
             "stop_token_ids": stop_ids, "stop_tokens": tokenizer.convert_ids_to_tokens(stop_ids),
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         },

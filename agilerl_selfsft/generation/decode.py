@@ -15,8 +15,9 @@ loop, step by step:
    not shared once a row could outgrow the window: each prompt is then left-padded at its start, which leaves
    every row's window over its own tokens, as ``generate`` has it;
 3. copies each prompt's cache K times, and decodes one token per step for all live rows;
-4. drops every row that has emitted a stop token from the batch and the cache (``Cache.batch_select_indices``),
-   so the remaining steps compute only live rows;
+4. drops every row that has emitted a stop token from the batch and the cache, so the remaining steps compute
+   only live rows (the last live rows move into the ended rows' places; ``Cache.batch_select_indices`` on a
+   cache without reserved room);
 5. refills the freed rows with waiting prompts (continuous batching): their caches are left-padded to the
    running cache's length (or the running cache to theirs) and joined along the batch, so up to
    ``max_batch_rows`` rows stay live until the prompts run out. Only caches of plain growing layers are joined
@@ -61,7 +62,9 @@ from transformers import (
 
 from agilerl_selfsft.generation.attention import grouped_decode_attention
 from agilerl_selfsft.generation.folding import merged_lora, unwrapped
-from agilerl_selfsft.generation.kv_cache import RESERVE, join_layers, joinable, left_pad, reserve
+from agilerl_selfsft.generation.kv_cache import (
+    RESERVE, ReservedLayer, join_layers, joinable, left_pad, reserve, tail_moves,
+)
 from agilerl_selfsft.samples import Generations
 
 
@@ -244,18 +247,26 @@ class _Rows:
     done: torch.Tensor  # rows that have ended (only kept in the batch when finished rows are not dropped)
     joined: bool = False  # rows were admitted into a running batch, so leading cache columns may be padding
 
-    def select(self, keep: torch.Tensor) -> None:
-        """Keep only the rows ``keep``, and cut cache columns that no kept row attends to."""
-        self.cache.batch_select_indices(keep)
+    def drop(self, ended: torch.Tensor) -> torch.Tensor:
+        """Drop the rows ``ended`` (a bool per row), and cut cache columns that no row left attends to; the old
+        index of each row left, in its new order."""
+        if all(isinstance(layer, ReservedLayer) for layer in self.cache.layers):
+            keep, holes, movers = tail_moves(ended)  # copies as many rows as ended, not every row kept
+            for layer in self.cache.layers:
+                layer.move_rows(holes, movers, len(keep))
+        else:
+            keep = (~ended).nonzero().squeeze(1)
+            self.cache.batch_select_indices(keep)
         for name in ("logits", "mask", "position", "live", "count", "done"):
             setattr(self, name, getattr(self, name)[keep])
         if not self.joined:  # no join padded the cache: nothing to cut, and no host sync spent finding out
-            return
+            return keep
         first = int(self.mask.any(0).int().argmax())  # leading columns padded for rows that have left
         if first and joinable(self.cache):
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
             self.mask = self.mask[:, first:]
+        return keep
 
     def join(self, other: _Rows) -> None:
         """Append ``other``'s rows, left-padding the shorter cache (masked out) to the longer one's length."""
@@ -326,9 +337,7 @@ class _Loop:
                 rows = None
                 continue
             if n_ended:  # 4.
-                keep = (~ended).nonzero().squeeze(1)
-                rows.select(keep)
-                chosen = chosen[keep]
+                chosen = chosen[rows.drop(ended)]
             rows.logits = self._step(rows, chosen)
         out = []
         for row in tokens.tolist():

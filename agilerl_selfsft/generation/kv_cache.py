@@ -6,8 +6,8 @@ writes its column in place and attention reads a view of the filled part, so the
 the room runs out (every :data:`RESERVE` steps at most), when rows are joined, or when leading padding is cut.
 Admissions copy as little as they can: a prefilled prompt's cache goes into its K rows and its room in one copy
 (:func:`reserve`), and a join writes both row sets straight into one buffer with room (:func:`join_layers`, no
-padded intermediates). Dropping finished rows gathers the buffers, room included, so that costs no extra copy
-either. (Cutting leading padding as a view instead of a copy kept the old buffer alive for up to
+padded intermediates). Dropping finished rows moves the last live rows into their places
+(:meth:`ReservedLayer.move_rows`): a copy of as many rows as ended, not of every row kept. (Cutting leading padding as a view instead of a copy kept the old buffer alive for up to
 :data:`RESERVE` steps; it is a copy.)
 
 Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods, the loop's cut of leading
@@ -81,6 +81,27 @@ class ReservedLayer(DynamicLayer):
         """Keep the rows ``indices``, room and all."""
         if self.get_seq_length() > 0:
             self._keys, self._values = self._keys[indices], self._values[indices]  # the lengths stay
+
+    def move_rows(self, holes: torch.Tensor, movers: torch.Tensor, rows: int) -> None:
+        """Keep the first ``rows`` rows, the rows ``movers`` (all at or past ``rows``) copied over the rows ``holes``
+        (all before it), filled columns only; the buffers stay where they are (:func:`tail_moves` gives the three)."""
+        if self.get_seq_length() > 0:
+            if len(holes):
+                self._keys[holes, :, : self._length] = self._keys[movers, :, : self._length]
+                self._values[holes, :, : self._values_length] = self._values[movers, :, : self._values_length]
+            self._keys, self._values = self._keys[:rows], self._values[:rows]
+
+
+def tail_moves(ended: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How to drop the rows ``ended`` (a bool per row) by moving rows instead of gathering the rest: ``order``, the
+    old index of each row left in its new place, and the ``holes`` (ended rows among the first ``len(order)``) that
+    the ``movers`` (live rows after them) fill, in :meth:`ReservedLayer.move_rows`'s terms."""
+    left = len(ended) - int(ended.sum())
+    holes = ended[:left].nonzero().squeeze(1)
+    movers = (~ended[left:]).nonzero().squeeze(1) + left
+    order = torch.arange(left, device=ended.device)
+    order[holes] = movers
+    return order, holes, movers
 
 
 def _with_room(t: torch.Tensor, room: int, repeat: int = 1) -> torch.Tensor:

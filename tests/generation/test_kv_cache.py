@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from agilerl_selfsft.generation.kv_cache import ReservedLayer, join_layers, joinable, left_pad
+from agilerl_selfsft.generation.kv_cache import ReservedLayer, join_layers, joinable, left_pad, tail_moves
 
 
 def _poison(layer: ReservedLayer) -> None:
@@ -98,3 +98,28 @@ def test_a_step_in_the_room_writes_in_place():
     keys, _ = reserved.update(torch.zeros(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
     assert reserved._keys is buffer and keys.data_ptr() == buffer.data_ptr() and keys.shape[-2] == 4
     assert joinable(type("Cache", (), {"layers": [plain, reserved]})())
+
+
+def test_dropping_rows_by_moving_the_last_ones_equals_selecting_the_rows_left_in_that_order():
+    torch.manual_seed(0)
+    for ended in ([0, 1, 0, 0, 1, 0, 1], [0, 0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0, 1]):
+        ended = torch.tensor(ended, dtype=torch.bool)
+        plain = DynamicLayer()
+        plain.update(torch.randn(7, 2, 5, 4), torch.randn(7, 2, 5, 4))
+        reserved = ReservedLayer.of(plain, room=3)
+        _poison(reserved)
+        buffer = reserved._keys
+        order, holes, movers = tail_moves(ended)
+        assert sorted(order.tolist()) == (~ended).nonzero().squeeze(1).tolist()  # every row left, once
+        stay = ~ended[: len(order)]
+        assert torch.equal(order[stay], stay.nonzero().squeeze(1))  # rows before the cut that did not end stay put
+        reserved.move_rows(holes, movers, len(order))
+        plain.batch_select_indices(order)
+        _same(reserved, plain)
+        assert reserved._keys.data_ptr() == buffer.data_ptr()  # no new buffer: only the moved rows were copied
+        for _ in range(4):  # then steps in the room and past it, as before
+            new = torch.randn(len(order), 2, 1, 4), torch.randn(len(order), 2, 1, 4)
+            plain.update(*new)
+            reserved.update(*new)
+            _poison(reserved)
+            _same(reserved, plain)
