@@ -7,8 +7,8 @@ the room runs out (every :data:`RESERVE` steps at most), when rows are joined, o
 Admissions copy as little as they can: a prefilled prompt's cache goes into its K rows and its room in one copy
 (:func:`reserve`), and a join writes both row sets straight into one buffer with room (:func:`join_layers`, no
 padded intermediates). Dropping finished rows moves the last live rows into their places
-(:meth:`ReservedLayer.move_rows`): a copy of as many rows as ended, not of every row kept. (Cutting leading padding as a view instead of a copy kept the old buffer alive for up to
-:data:`RESERVE` steps; it is a copy.)
+(:meth:`ReservedLayer.move_rows`): a copy of as many rows as ended, not of every row kept. (Cutting leading
+padding as a view instead of a copy kept the old buffer alive for up to :data:`RESERVE` steps; it is a copy.)
 
 Anything that assigns ``layer.keys`` / ``layer.values`` (transformers' own cache methods, the loop's cut of leading
 padding) gets a tight buffer of exactly what it assigned: behaviour never depends on the reservation, only speed does.
